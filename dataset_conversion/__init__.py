@@ -1,0 +1,1 @@
+"""Dataset converters into nnU-Net raw format, one module per dataset."""

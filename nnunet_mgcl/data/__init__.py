@@ -1,0 +1,1 @@
+"""Data: two-view loading for contrastive pretraining, lesion candidates, the unlabeled pool."""

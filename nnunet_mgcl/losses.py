@@ -1,0 +1,253 @@
+"""Contrastive losses for the pretraining trainers, and representation-quality monitors.
+
+- :func:`info_nce`: coarse-grained (global) contrast. NT-Xent / InfoNCE with cosine similarity on
+  projected, pooled encoder features of two views of each scan, in-batch negatives (SimCLR, Chaitanya
+  et al.'s G^R), optionally with extra positives (cross-modality positives, Chaitanya's G^D partition
+  positives) through ``positive_groups``.
+- :func:`dense_info_nce`: fine-grained (local) contrast. The same loss over matched anchor locations
+  (the same physical voxel seen in both views), the other anchors being the negatives, optionally with
+  a bounded number of sampled negatives per anchor (Chaitanya's L^R samples 5).
+- :func:`alignment`, :func:`uniformity`, :func:`is_collapsed`: Wang & Isola (ICML 2020) metrics, logged
+  during pretraining to catch representation collapse.
+
+Numerics (all losses): inputs of any floating dtype (float16 / bfloat16 under autocast included) are
+upcast to float32 (float64 stays float64) and autocast is switched off inside, so normalisation,
+similarities and log-sum-exp run in at least float32; the returned loss has that dtype. Cosine
+similarities are bounded by 1, so the logits are bounded by 1/temperature and the log-sum-exp (which
+subtracts the row maximum) never exponentiates an unbounded value.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "info_nce",
+    "dense_info_nce",
+    "alignment",
+    "uniformity",
+    "is_collapsed",
+    "UNIFORMITY_WORST",
+    "UNIFORMITY_COLLAPSE_THRESHOLD",
+]
+
+#: Vectors whose L2 norm is at most this are treated as having no direction (see :func:`_normalize`).
+NORM_EPS = 1e-12
+#: Logit given to excluded entries (an anchor's similarity to itself). Our choice: a large *finite*
+#: value rather than -inf, so that no -inf * 0 or inf - inf can appear anywhere (forward or backward).
+#: Real logits are bounded by 1/temperature, so exp(MASK_LOGIT - max) is exactly 0 in float32 for any
+#: temperature >= 1e-6, i.e. the result is identical to masking with -inf.
+MASK_LOGIT = -1e9
+#: Uniformity of a fully collapsed representation (all embeddings equal): log E exp(0) = 0.
+UNIFORMITY_WORST = 0.0
+#: Default threshold of :func:`is_collapsed` (see there for the reasoning).
+UNIFORMITY_COLLAPSE_THRESHOLD = -0.1
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _normalize(z: Tensor) -> Tensor:
+    """Row-wise L2 normalisation in at least float32.
+
+    Our choice for (near-)zero rows (norm <= NORM_EPS): they map to the zero vector (cosine
+    similarity 0 to everything) and receive *zero* gradient, because their direction is undefined.
+    The usual ``z / max(||z||, eps)`` would give them a gradient scaled by 1/eps (1e12), which
+    overflows when cast back to a float16 input.
+    """
+    z = z.to(_compute_dtype(z))
+    norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    degenerate = norm <= NORM_EPS
+    return torch.where(degenerate, torch.zeros_like(z), z / norm.clamp_min(NORM_EPS))
+
+
+def _check_pairs(a: Tensor, b: Tensor, name: str) -> None:
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(f"{name}: expected two (N, D) tensors of equal shape, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if not (a.is_floating_point() and b.is_floating_point()):
+        raise ValueError(f"{name}: expected floating-point embeddings, got {a.dtype} and {b.dtype}")
+    if a.shape[0] < 2:
+        # Our choice: with a single pair there are no negatives; the NT-Xent is then identically 0 with
+        # zero gradient, so a training step would silently learn nothing. We fail loudly instead.
+        raise ValueError(f"{name}: needs at least 2 pairs (the other pairs are the negatives), got "
+                         f"{a.shape[0]}; contrastive pretraining needs a batch size / anchor count >= 2")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite positive number, got {temperature}")
+
+
+def _nce_from_logits(logits: Tensor, positive_mask: Tensor) -> Tensor:
+    """The one InfoNCE core: ``-mean_i mean_{p in P(i)} (logits[i, p] - logsumexp_k logits[i, k])``.
+
+    ``logits``: (A, C) similarities / temperature, with excluded entries already set to MASK_LOGIT.
+    ``positive_mask``: (A, C) bool, at least one True per row. The denominator runs over every
+    non-excluded column, positives included (SupCon's L_out form for several positives).
+    """
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    # select, not multiply: an excluded column's log_prob (about -1e9) must not leak into the sum
+    pos_log_prob = torch.where(positive_mask, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+    return -(pos_log_prob / positive_mask.sum(dim=1)).mean()
+
+
+def info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.1,
+             positive_groups: Tensor | None = None) -> Tensor:
+    """Symmetric NT-Xent (InfoNCE) loss between two views, cosine similarity, in-batch negatives.
+
+    Args:
+        z1, z2: (N, D) embeddings of view 1 and view 2; row i of both is a positive pair. They are L2
+            normalised here (cosine similarity, as Chaitanya et al. and SimCLR).
+        temperature: softmax temperature (Chaitanya et al. use 0.1). Logits are bounded by 1/temperature.
+        positive_groups: optional (N,) integer tensor. Samples with equal id are additional positives
+            of each other in both views (cross-modality positives of one patient, Chaitanya's G^D
+            partition positives). ``None`` (or all-distinct ids) gives the standard NT-Xent.
+
+    Returns:
+        Scalar loss, mean over all 2N anchors (both views as anchors: symmetric). Each anchor i is
+        contrasted against the other 2N-1 embeddings:
+        ``loss_i = -mean_{p in P(i)} log(exp(s_ip/t) / sum_{k != i} exp(s_ik/t))``,
+        where P(i) is its partner plus, with groups, every other embedding of its group. With several
+        positives this is SupCon's "L_out" form (positives stay in the denominator, the mean over
+        positives is taken outside the log): our choice, as it is the better-behaved variant
+        (Khosla et al. 2020) and reduces exactly to NT-Xent with one positive.
+
+    Raises:
+        ValueError: N < 2 (our choice: with one pair there are no negatives, the loss is identically 0
+            and a step would learn nothing, so we refuse rather than silently return 0), mismatched
+            shapes, non-positive temperature, bad ``positive_groups``.
+    """
+    _check_pairs(z1, z2, "info_nce")
+    _check_temperature(temperature)
+    n = z1.shape[0]
+    if positive_groups is not None:
+        if positive_groups.shape != (n,) or positive_groups.is_floating_point() or positive_groups.is_complex():
+            raise ValueError(f"info_nce: positive_groups must be an integer tensor of shape ({n},), got "
+                             f"{positive_groups.dtype} {tuple(positive_groups.shape)}")
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z = _normalize(torch.cat([z1, z2], dim=0))                       # (2N, D)
+        self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+        logits = (z @ z.T / temperature).masked_fill(self_mask, MASK_LOGIT)
+        if positive_groups is None:
+            idx = torch.arange(2 * n, device=z.device)
+            positive_mask = torch.zeros_like(self_mask)
+            positive_mask[idx, (idx + n) % (2 * n)] = True
+        else:
+            g = torch.cat([positive_groups, positive_groups]).to(z.device)
+            positive_mask = (g[:, None] == g[None, :]) & ~self_mask
+        return _nce_from_logits(logits, positive_mask)
+
+
+def _negative_indices(num_pairs: int, max_negatives: int, generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None) -> Tensor:
+    """Per-anchor negative indices for :func:`dense_info_nce`, sampled uniformly without replacement.
+
+    The 2M anchors are ``cat([f1, f2])``; anchor a's partner is ``(a + M) % 2M``. Returns a (2M, K) long
+    tensor, K = ``max_negatives`` (requires K <= 2M-2); row a holds K distinct indices, none of them a
+    or its partner. Robert Floyd's algorithm, vectorised over anchors: O(M K^2) time and O(M K) memory
+    (never a 2M x 2M array). Sampling runs on the generator's device (CPU when no generator is
+    given and ``device`` is None), then moves to ``device``: the same seed gives the same indices.
+    """
+    m2, n_cand = 2 * num_pairs, 2 * num_pairs - 2
+    if not 0 < max_negatives <= n_cand:
+        raise ValueError(f"max_negatives must be in [1, {n_cand}] for {num_pairs} pairs, got {max_negatives}")
+    sample_device = generator.device if generator is not None else torch.device(device or "cpu")
+    chosen = torch.empty(m2, 0, dtype=torch.long, device=sample_device)
+    for j in range(n_cand - max_negatives, n_cand):                  # Floyd: K distinct of n_cand
+        r = torch.randint(0, j + 1, (m2, 1), generator=generator, device=sample_device)
+        taken = (chosen == r).any(dim=1, keepdim=True)
+        chosen = torch.cat([chosen, torch.where(taken, torch.full_like(r, j), r)], dim=1)
+    # map candidate slots 0..2M-3 onto anchor indices, skipping the anchor itself and its partner
+    a = torch.arange(m2, device=sample_device)[:, None]
+    lo, hi = torch.minimum(a, (a + num_pairs) % m2), torch.maximum(a, (a + num_pairs) % m2)
+    idx = chosen + (chosen >= lo).long()
+    idx = idx + (idx >= hi).long()
+    return idx.to(device if device is not None else sample_device)
+
+
+def dense_info_nce(f1: Tensor, f2: Tensor, temperature: float = 0.1, max_negatives: int | None = None,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Fine-grained (local) NT-Xent over M matched anchor locations.
+
+    Args:
+        f1, f2: (M, D) projected decoder features at M anchor locations pooled over the batch; row i of
+            both is the same physical voxel seen in view 1 and view 2 (positive pair). Every other anchor
+            (in either view) is a negative. The caller bounds M (anchor count), which bounds memory.
+        temperature: as in :func:`info_nce`.
+        max_negatives: ``None`` (or >= 2M-2): all other anchors are negatives, exactly
+            ``info_nce(f1, f2, temperature)`` with its (2M, 2M) similarity matrix. Otherwise each of the
+            2M anchors (M per view, both views as anchors like info_nce) gets K = max_negatives negatives
+            drawn uniformly without replacement from its 2M-2 candidates (Chaitanya's L^R uses 5), and
+            the similarity matrix is (2M, K+1): column 0 the positive, then the K negatives. Memory is
+            then O(M K D) for the gathered negative features plus O(M K) logits instead of O(M^2): it
+            pays off when M is larger than about K*D/2; small K also changes the loss itself (fewer,
+            noisier negatives), which is why it is an option and not the default.
+        generator: random generator for the negative sampling (reproducible runs); its device is where
+            the indices are drawn.
+
+    Returns:
+        Scalar loss, mean over the 2M anchors.
+    """
+    _check_pairs(f1, f2, "dense_info_nce")
+    _check_temperature(temperature)
+    m = f1.shape[0]
+    if max_negatives is None or max_negatives >= 2 * m - 2:
+        return info_nce(f1, f2, temperature)
+    neg = _negative_indices(m, max_negatives, generator, device=f1.device)          # (2M, K)
+    with torch.autocast(device_type=f1.device.type, enabled=False):
+        z = _normalize(torch.cat([f1, f2], dim=0))                                  # (2M, D)
+        partner = (torch.arange(2 * m, device=z.device) + m) % (2 * m)
+        cols = torch.cat([partner[:, None], neg], dim=1)                            # (2M, K+1)
+        logits = torch.einsum("ad,akd->ak", z, z[cols]) / temperature
+        positive_mask = torch.zeros_like(logits, dtype=torch.bool)
+        positive_mask[:, 0] = True
+        return _nce_from_logits(logits, positive_mask)
+
+
+def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
+    """Alignment of positive pairs (Wang & Isola 2020): ``E ||z1_i - z2_i||^alpha`` on L2-normalised rows.
+
+    0 when both views embed identically (the best); at most 2^alpha. Lower is better.
+    """
+    if z1.dim() != 2 or z1.shape != z2.shape:
+        raise ValueError(f"alignment: expected two (N, D) tensors of equal shape, got "
+                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        # vector_norm's backward is 0 at a zero difference, so identical views give finite gradients
+        return torch.linalg.vector_norm(_normalize(z1) - _normalize(z2), dim=1).pow(alpha).mean()
+
+
+def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
+    """Uniformity (Wang & Isola 2020): ``log E_{i<j} exp(-t ||z_i - z_j||^2)`` on L2-normalised rows.
+
+    :data:`UNIFORMITY_WORST` = 0 for a fully collapsed set (all rows equal); strongly negative for a
+    well-spread one (about -3.9 for 128-d Gaussian rows with t=2: squared distances concentrate at 2).
+    Lower is better. Computed as a log-sum-exp of Gram-based squared distances (stable, and no pdist
+    backward at zero distance). Needs N >= 2.
+    """
+    if z.dim() != 2 or z.shape[0] < 2:
+        raise ValueError(f"uniformity: expected an (N, D) tensor with N >= 2, got {tuple(z.shape)}")
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        u = _normalize(z)
+        sq = (u * u).sum(dim=1)
+        d2 = (sq[:, None] + sq[None, :] - 2 * (u @ u.T)).clamp_min(0)
+        i, j = torch.triu_indices(len(u), len(u), offset=1, device=u.device)
+        return torch.logsumexp(-t * d2[i, j], dim=0) - math.log(i.numel())
+
+
+def is_collapsed(uniformity_value: float, threshold: float = UNIFORMITY_COLLAPSE_THRESHOLD) -> bool:
+    """Whether a :func:`uniformity` value signals a (complete) representation collapse.
+
+    Our choice of threshold: -0.1 (t=2), i.e. ``E exp(-2 ||z_i - z_j||^2) >= exp(-0.1) = 0.905``, which
+    for a tight cluster means mean squared pairwise distance <= ~0.05, a mean pairwise cosine similarity
+    >= ~0.975. A healthy representation sits around -2 to -4, so the margin is wide and batch noise does
+    not trigger it. It flags collapse to (nearly) one point; it does not flag dimensional collapse or
+    collapse onto a few clusters (two antipodal clusters give about -0.69). A NaN value counts as
+    collapsed (a monitor must not report NaN as healthy). Accepts a float or a 0-d tensor.
+    """
+    return not float(uniformity_value) < threshold

@@ -1,0 +1,1 @@
+"""Networks: the plans' U-Net wrapped (not rewritten), plus projection and classification heads."""

@@ -1,0 +1,109 @@
+"""Plans variants: a smaller network and a shorter budget on top of nnU-Net's own plans.
+
+nnU-Net's planner sizes the U-Net for a GPU. The demo, the tests and the CPU benchmarks need the same
+pipeline at a fraction of the cost, so we derive a *plans variant* (a new plans file, trained with
+``-p NAME``) from the plans that ``nnUNetv2_plan_and_preprocess`` wrote: fewer stages, fewer features,
+optionally a smaller patch and batch, and a budget block for our trainers. The spacing, normalisation
+and ``data_identifier`` are kept, so the variant reuses the preprocessed data of its source plans
+(nothing is preprocessed again), the same way nnU-Net's own configurations share data.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+from nnunet_mgcl.conventions import PLANS_KEY
+from nnunet_mgcl.errors import InputError
+from nnunet_mgcl.settings import BUDGET_KEYS
+
+logger = logging.getLogger(__name__)
+
+SMALL_PLANS_NAME = "nnUNetSmallPlans"
+
+
+def shrink_configuration(configuration: dict, n_stages: int, base_features: int, max_features: int,
+                         patch_size: Sequence[int] | None, batch_size: int | None) -> dict:
+    """A copy of one plans configuration with a smaller U-Net (PlainConvUNet or ResidualEncoderUNet)."""
+    cfg = copy.deepcopy(configuration)
+    arch = cfg["architecture"]["arch_kwargs"]
+    n = min(n_stages, arch["n_stages"])
+    if n < 2:
+        raise ValueError("a U-Net needs at least 2 stages")
+    arch["n_stages"] = n
+    arch["features_per_stage"] = [min(base_features * 2 ** i, max_features) for i in range(n)]
+    arch["kernel_sizes"] = arch["kernel_sizes"][:n]
+    arch["strides"] = arch["strides"][:n]
+    for key in ("n_conv_per_stage", "n_blocks_per_stage"):
+        if key in arch:
+            arch[key] = arch[key][:n]
+    arch["n_conv_per_stage_decoder"] = arch["n_conv_per_stage_decoder"][: n - 1]
+    divisor = [math.prod(s[axis] for s in arch["strides"]) for axis in range(len(cfg["patch_size"]))]
+    if patch_size is not None:
+        if len(patch_size) != len(cfg["patch_size"]):
+            raise ValueError(f"patch size {list(patch_size)} has {len(patch_size)} axes, the configuration "
+                             f"has {len(cfg['patch_size'])}")
+        bad = [p for p, d in zip(patch_size, divisor) if p % d]
+        if bad:
+            raise ValueError(f"patch size {list(patch_size)} must be divisible by {divisor} (the product of "
+                             f"the first {n} strides)")
+        cfg["patch_size"] = [int(p) for p in patch_size]
+    if batch_size is not None:
+        cfg["batch_size"] = int(batch_size)
+    return cfg
+
+
+def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequence[str] = ("3d_fullres",),
+                      source_plans: str = "nnUNetPlans", target_plans: str = SMALL_PLANS_NAME,
+                      n_stages: int = 4, base_features: int = 16, max_features: int = 128,
+                      patch_size: Sequence[int] | None = None, batch_size: int | None = None,
+                      budget: dict[str, int] | None = None) -> Path:
+    """Write ``<target_plans>.json`` beside the source plans and return its path.
+
+    Only the listed configurations are kept; each shares the preprocessed data of its source.
+    ``budget`` (keys of :data:`nnunet_mgcl.settings.BUDGET_KEYS`) goes into the ``mgcl`` block.
+    """
+    folder = Path(preprocessed_dataset_dir)
+    src = folder / f"{source_plans}.json"
+    if not src.is_file():
+        raise InputError(f"plans file not found; run nnUNetv2_plan_and_preprocess first", file=src)
+    plans = json.loads(src.read_text())
+    missing = [c for c in configurations if c not in plans["configurations"]]
+    if missing:
+        raise InputError(f"configuration(s) {missing} not in the plans (have "
+                         f"{sorted(plans['configurations'])})", file=src)
+    for key in budget or {}:
+        if key not in BUDGET_KEYS:
+            raise ValueError(f"unknown budget key {key!r}; allowed: {list(BUDGET_KEYS)}")
+    out = copy.deepcopy(plans)
+    out["plans_name"] = target_plans
+    out["configurations"] = {}
+    for name in configurations:
+        # resolve nnU-Net's "inherits_from" so the variant stands alone
+        resolved = _resolve(plans["configurations"], name)
+        cfg = shrink_configuration(resolved, n_stages, base_features, max_features, patch_size, batch_size)
+        if budget:
+            cfg.setdefault(PLANS_KEY, {})["budget"] = dict(budget)
+        out["configurations"][name] = cfg
+        arch = cfg["architecture"]["arch_kwargs"]
+        logger.info("%s/%s: %d stages, features %s, patch %s, batch %d%s", target_plans, name, arch["n_stages"],
+                    arch["features_per_stage"], cfg["patch_size"], cfg["batch_size"],
+                    f", budget {budget}" if budget else "")
+    dst = folder / f"{target_plans}.json"
+    tmp = dst.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=4))
+    tmp.replace(dst)
+    return dst
+
+
+def _resolve(configurations: dict, name: str) -> dict:
+    cfg = configurations[name]
+    parent = cfg.get("inherits_from")
+    if parent is None:
+        return copy.deepcopy(cfg)
+    merged = _resolve(configurations, parent)
+    merged.update(copy.deepcopy({k: v for k, v in cfg.items() if k != "inherits_from"}))
+    return merged

@@ -1,0 +1,129 @@
+"""Our block of plans settings: ``plans["configurations"][CFG]["mgcl"]``.
+
+The plans JSON is nnU-Net's single source of truth for a configuration, and the only place that the
+static ``build_network_architecture`` can read at inference; our trainers read everything they need
+beyond nnU-Net's own keys from this block. A missing block or key means the documented default.
+
+Keys used so far:
+
+``budget``
+    Training length: ``num_epochs``, ``num_iterations_per_epoch``, ``num_val_iterations_per_epoch``
+    (nnU-Net's defaults 1000 / 250 / 50 when absent). Putting the budget in the plans, not in a trainer
+    name, lets every arm of a benchmark (plain supervised, pretraining, fine-tuning) run the same budget
+    from one file.
+
+``pretrain_budget``
+    The same for pretraining trainers (``budget`` applies when absent).
+
+``pretrain``
+    Contrastive pretraining (:class:`PretrainSettings`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from nnunet_mgcl.conventions import PLANS_KEY
+
+BUDGET_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
+
+
+def mgcl_block(configuration: Mapping[str, Any]) -> dict:
+    """The ``mgcl`` settings block of one plans configuration (empty when absent)."""
+    block = configuration.get(PLANS_KEY, {})
+    if not isinstance(block, Mapping):
+        raise ValueError(f"plans setting {PLANS_KEY!r} must be a JSON object, got {type(block).__name__}")
+    return dict(block)
+
+
+def budget(configuration: Mapping[str, Any], key: str = "budget") -> dict[str, int]:
+    """A training budget of a configuration: only the keys that the plans set, validated.
+
+    ``key`` is ``budget`` (supervised and fine-tuning trainers) or ``pretrain_budget`` (pretraining
+    trainers; falls back to ``budget`` when absent).
+    """
+    block = mgcl_block(configuration)
+    if key not in block and key != "budget":
+        key = "budget"
+    raw = block.get(key, {})
+    unknown = set(raw) - set(BUDGET_KEYS)
+    if unknown:
+        raise ValueError(f"unknown keys in plans setting {PLANS_KEY}.{key}: {sorted(unknown)}; "
+                         f"allowed: {list(BUDGET_KEYS)}")
+    out = {}
+    for name, value in raw.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"plans setting {PLANS_KEY}.{key}.{name} must be a positive integer, got {value!r}")
+        out[name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """``mgcl.pretrain``: contrastive pretraining. Defaults are ours unless a source is named.
+
+    - ``temperature`` 0.1: Chaitanya et al. 2020 (their code's ``temp_fac``).
+    - ``global_weight`` / ``local_weight`` 1.0 / 1.0: equal grains (MGCL's weights are not public).
+      A zero weight switches a grain off (the ``_coarse`` / ``_fine`` ablation trainers do that).
+    - ``projection_dim`` 128 (Chaitanya's g1 / g2 output), ``projection_hidden`` 256.
+    - ``global_stages`` [-1]: encoder stages pooled for the coarse grain (-1 = bottleneck).
+    - ``local_stages`` [-1]: decoder stages for the fine grain (-1 = full resolution).
+    - ``num_anchors`` 256 per sample, ``lesion_fraction`` 0.5 (DESIGN.md: half from lesion candidates).
+    - ``min_overlap`` 0.5: the two crops share at least half the patch along every axis.
+    - ``modality_dropout`` 0.2: probability that one channel of a view is zeroed.
+    - ``candidate_threshold`` 2.5 robust SD (see :mod:`nnunet_mgcl.data.candidates`).
+    - ``cross_modality_positives`` false: when true, each case is drawn twice per batch and both
+      samples are positives of each other in the coarse loss (views that differ in which modality is
+      dropped then act as cross-modality positives).
+    - ``initial_lr`` 1e-3, ``weight_decay`` 1e-4 with AdamW (Chaitanya et al. pretrain with Adam 1e-3)
+      and nnU-Net's polynomial decay.
+    - ``collapse_patience`` 3: epochs in a row with a collapsed representation (uniformity near its
+      worst value, see :func:`nnunet_mgcl.losses.is_collapsed`) before training stops, once the
+      representation had spread out, or after ``collapse_warmup`` 10 epochs if it never did (a newly
+      initialised network starts collapsed).
+    """
+
+    temperature: float = 0.1
+    global_weight: float = 1.0
+    local_weight: float = 1.0
+    projection_dim: int = 128
+    projection_hidden: int = 256
+    global_stages: tuple[int, ...] = (-1,)
+    local_stages: tuple[int, ...] = (-1,)
+    num_anchors: int = 256
+    lesion_fraction: float = 0.5
+    min_overlap: float = 0.5
+    modality_dropout: float = 0.2
+    candidate_threshold: float = 2.5
+    cross_modality_positives: bool = False
+    initial_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    collapse_patience: int = 3
+    collapse_warmup: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"mgcl.pretrain.temperature must be > 0, got {self.temperature}")
+        if self.global_weight < 0 or self.local_weight < 0 or self.global_weight + self.local_weight == 0:
+            raise ValueError("mgcl.pretrain weights must be >= 0 and not both 0")
+        if not 0 < self.min_overlap <= 1:
+            raise ValueError(f"mgcl.pretrain.min_overlap must be in (0, 1], got {self.min_overlap}")
+        if not 0 <= self.lesion_fraction <= 1 or not 0 <= self.modality_dropout <= 1:
+            raise ValueError("mgcl.pretrain.lesion_fraction and modality_dropout must be in [0, 1]")
+        if self.num_anchors < 2:
+            raise ValueError("mgcl.pretrain.num_anchors must be >= 2")
+
+
+def pretrain_settings(configuration: Mapping[str, Any], **overrides: Any) -> PretrainSettings:
+    """The ``mgcl.pretrain`` block with defaults; ``overrides`` (a trainer variant's) win over plans."""
+    raw = dict(mgcl_block(configuration).get("pretrain", {}))
+    known = {f.name for f in fields(PretrainSettings)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"unknown keys in plans setting {PLANS_KEY}.pretrain: {sorted(unknown)}; allowed: "
+                         f"{sorted(known)}")
+    raw.update(overrides)
+    for key in ("global_stages", "local_stages"):
+        if key in raw:
+            raw[key] = tuple(int(i) for i in raw[key])
+    return PretrainSettings(**raw)

@@ -1,0 +1,34 @@
+"""Shared fixtures. The expensive one, a tiny preprocessed phantom dataset, is built once per session."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# make tests/helpers.py importable as `helpers` whatever pytest's import mode
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import clean_env, run, script  # noqa: E402
+
+TINY_ID = 991
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A tiny phantom (6 labeled, 4 unlabeled/unpaired, 2 test cases at 4 mm), converted, planned and
+    preprocessed with the real nnU-Net, plus the plans variant ``nnUNetSmallPlans`` (1 epoch of 2
+    iterations). Returns the environment (nnUNet_* folders, CPU settings) and the folders."""
+    root = tmp_path_factory.mktemp("tiny")
+    env = clean_env(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
+                    nnUNet_results=str(root / "res"))
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        Path(env[key]).mkdir()
+    mgcl = script("nnunet-mgcl")
+    run([mgcl, "phantom", "-o", str(root / "phantom"), "--cases", "6", "--unlabeled", "4", "--test", "2"], env=env)
+    run([mgcl, "convert", "mmis", str(root / "phantom"), "-d", str(TINY_ID), "--name", "Tiny"], env=env)
+    run([script("nnUNetv2_plan_and_preprocess"), "-d", str(TINY_ID), "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
+        env={**env, "nnUNet_n_proc_DA": "1"}, timeout=900)
+    run([mgcl, "small-plans", "-d", str(TINY_ID), "--epochs", "1", "--iterations", "2", "--val-iterations", "1"],
+        env=env)
+    return {"env": env, "root": root, "id": TINY_ID, "name": f"Dataset{TINY_ID}_Tiny"}

@@ -1,0 +1,289 @@
+"""Tests for nnunet_mgcl.losses: contrastive losses and collapse monitors.
+
+pytorch-metric-learning is a test-only reference implementation (NTXentLoss, SupConLoss).
+"""
+import math
+
+import pytest
+import torch
+
+from nnunet_mgcl import losses
+from nnunet_mgcl.losses import (UNIFORMITY_WORST, alignment, dense_info_nce, info_nce, is_collapsed,
+                                uniformity)
+
+pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+
+F64 = torch.float64
+
+
+def _rand(n, d, dtype=F64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=dtype), torch.randn(n, d, generator=g, dtype=dtype)
+
+
+def _pml_ntxent(z1, z2, t):
+    n = z1.shape[0]
+    labels = torch.cat([torch.arange(n), torch.arange(n)])
+    return pml_losses.NTXentLoss(temperature=t)(torch.cat([z1, z2]), labels)
+
+
+def _reference_multi_positive(z1, z2, t, groups):
+    """Slow explicit SupCon-L_out loss in float64, one anchor and one positive at a time."""
+    z = torch.cat([z1, z2]).to(F64)
+    z = [v / v.norm() for v in z]
+    g = [int(x) for x in torch.cat([groups, groups])]
+    n2 = len(z)
+    total = 0.0
+    for i in range(n2):
+        denom = sum(math.exp(float(z[i] @ z[k]) / t) for k in range(n2) if k != i)
+        positives = [p for p in range(n2) if p != i and g[p] == g[i]]
+        total += -sum(math.log(math.exp(float(z[i] @ z[p]) / t) / denom) for p in positives) / len(positives)
+    return total / n2
+
+
+# ----------------------------------------------------------------------------------------- info_nce
+@pytest.mark.parametrize("n,d", [(2, 3), (5, 8), (16, 32)])
+@pytest.mark.parametrize("t", [0.05, 0.1, 0.5, 1.0])
+def test_info_nce_equals_pml_ntxent(n, d, t):
+    # pml's NTXentLoss averages over positive pairs (a, p); with one positive per anchor those are the 2N
+    # anchors, i.e. our symmetric mean over both views
+    z1, z2 = _rand(n, d, seed=n * 100 + d)
+    torch.testing.assert_close(info_nce(z1, z2, t), _pml_ntxent(z1, z2, t), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("t", [0.1, 0.5])
+def test_info_nce_gradient_equals_pml(t):
+    a1, a2 = _rand(6, 10, seed=3)
+    z1, z2 = a1.clone().requires_grad_(), a2.clone().requires_grad_()
+    w1, w2 = a1.clone().requires_grad_(), a2.clone().requires_grad_()
+    ours = torch.autograd.grad(info_nce(z1, z2, t), (z1, z2))
+    ref = torch.autograd.grad(_pml_ntxent(w1, w2, t), (w1, w2))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("t", [0.1, 0.7])
+def test_multi_positive_matches_explicit_reference(seed, t):
+    z1, z2 = _rand(7, 5, seed=seed)
+    groups = torch.randint(0, 3, (7,), generator=torch.Generator().manual_seed(seed))
+    expected = _reference_multi_positive(z1, z2, t, groups)
+    assert info_nce(z1, z2, t, positive_groups=groups).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_multi_positive_matches_pml_supcon():
+    # a second, independent cross-check of the L_out form (pml's SupConLoss, labels = groups in both views)
+    z1, z2 = _rand(9, 6, seed=5)
+    groups = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4])
+    ref = pml_losses.SupConLoss(temperature=0.2)(torch.cat([z1, z2]), torch.cat([groups, groups]))
+    torch.testing.assert_close(info_nce(z1, z2, 0.2, positive_groups=groups), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_distinct_groups_equal_plain_loss():
+    z1, z2 = _rand(8, 4, seed=7)
+    groups = torch.tensor([5, 3, 9, 0, 1, 2, 8, 7])
+    torch.testing.assert_close(info_nce(z1, z2, 0.1, positive_groups=groups), info_nce(z1, z2, 0.1))
+
+
+def test_known_values():
+    n = 6
+    eye = torch.eye(n, dtype=F64)
+    t = 0.05
+    # aligned, orthogonal: positive logit 1/t, 2N-2 negatives at 0 -> log(1 + (2N-2) exp(-1/t)) ~ 0
+    loss = info_nce(eye, eye, t)
+    assert loss.item() == pytest.approx(math.log1p((2 * n - 2) * math.exp(-1 / t)), rel=1e-9)
+    assert loss.item() < 1e-7
+    # all identical: every logit equal -> log(2N-1), with or without groups
+    same = torch.ones(n, 3, dtype=F64)
+    assert info_nce(same, same, t).item() == pytest.approx(math.log(2 * n - 1))
+    assert info_nce(same, same, t, positive_groups=torch.zeros(n, dtype=torch.long)).item() == pytest.approx(
+        math.log(2 * n - 1))
+
+
+def test_scale_invariance():
+    z1, z2 = _rand(5, 4, seed=11)
+    torch.testing.assert_close(info_nce(z1, z2), info_nce(3.0 * z1, 1e-3 * z2))
+
+
+def test_invalid_inputs_raise():
+    z1, z2 = _rand(4, 3)
+    with pytest.raises(ValueError, match="at least 2"):
+        info_nce(z1[:1], z2[:1])              # our choice: N=1 has no negatives -> refuse
+    with pytest.raises(ValueError, match="at least 2"):
+        dense_info_nce(z1[:1], z2[:1])
+    with pytest.raises(ValueError):
+        info_nce(z1, z2[:3])
+    with pytest.raises(ValueError):
+        info_nce(z1[0], z2[0])
+    with pytest.raises(ValueError, match="temperature"):
+        info_nce(z1, z2, temperature=0.0)
+    with pytest.raises(ValueError, match="positive_groups"):
+        info_nce(z1, z2, positive_groups=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="positive_groups"):
+        info_nce(z1, z2, positive_groups=torch.zeros(4))
+    with pytest.raises(ValueError, match="max_negatives"):
+        losses._negative_indices(4, 0)
+
+
+# -------------------------------------------------------------------------------------- gradcheck
+def test_gradcheck_info_nce():
+    z1, z2 = _rand(4, 3, seed=2)
+    z1.requires_grad_(), z2.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: info_nce(a, b, 0.2), (z1, z2))
+    groups = torch.tensor([0, 1, 0, 2])
+    assert torch.autograd.gradcheck(lambda a, b: info_nce(a, b, 0.5, positive_groups=groups), (z1, z2))
+
+
+def test_gradcheck_dense_info_nce():
+    f1, f2 = _rand(5, 3, seed=4)
+    f1.requires_grad_(), f2.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: dense_info_nce(a, b, 0.2), (f1, f2))
+    # a fresh seeded generator per call: the sampled negatives are the same in every evaluation
+    assert torch.autograd.gradcheck(
+        lambda a, b: dense_info_nce(a, b, 0.2, max_negatives=3, generator=torch.Generator().manual_seed(0)),
+        (f1, f2))
+
+
+def test_gradcheck_alignment_uniformity():
+    z1, z2 = _rand(4, 3, seed=6)
+    z1.requires_grad_(), z2.requires_grad_()
+    assert torch.autograd.gradcheck(alignment, (z1, z2))
+    assert torch.autograd.gradcheck(uniformity, (z1,))
+
+
+# ------------------------------------------------------------------------------------- numerics
+def _cases(dtype):
+    z1, z2 = _rand(6, 16, dtype=torch.float32, seed=9)
+    zero_rows = z1.clone()
+    zero_rows[:2] = 0
+    ident = torch.ones(6, 16) * 0.5
+    cases = {
+        "random": (z1, z2),
+        "identical": (ident, ident.clone()),
+        "aligned": (z1, z1.clone()),
+        "some_zero_rows": (zero_rows, z2),
+        "all_zero": (torch.zeros(6, 16), torch.zeros(6, 16)),
+    }
+    return {k: (a.to(dtype), b.to(dtype)) for k, (a, b) in cases.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("t", [0.01, 10.0])
+@pytest.mark.parametrize("fn", ["info_nce", "groups", "dense", "dense_sampled"])
+def test_finite_at_temperature_extremes(dtype, t, fn):
+    call = {
+        "info_nce": lambda a, b: info_nce(a, b, t),
+        "groups": lambda a, b: info_nce(a, b, t, positive_groups=torch.tensor([0, 0, 1, 1, 2, 3])),
+        "dense": lambda a, b: dense_info_nce(a, b, t),
+        "dense_sampled": lambda a, b: dense_info_nce(a, b, t, max_negatives=3,
+                                                     generator=torch.Generator().manual_seed(0)),
+    }[fn]
+    for name, (a, b) in _cases(dtype).items():
+        a, b = a.clone().requires_grad_(), b.clone().requires_grad_()
+        loss = call(a, b)
+        assert loss.dtype == torch.float32, name           # computed and returned in float32
+        assert torch.isfinite(loss), (name, loss)
+        ga, gb = torch.autograd.grad(loss, (a, b))
+        assert ga.dtype == dtype
+        assert torch.isfinite(ga).all() and torch.isfinite(gb).all(), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("t", [0.01, 0.1, 1.0, 10.0])
+def test_half_inputs_close_to_float32(dtype, t):
+    z1, z2 = _rand(16, 32, dtype=torch.float32, seed=13)
+    h1, h2 = z1.to(dtype), z2.to(dtype)
+    # the internal math is float32: identical to float32 on the same (rounded) values
+    torch.testing.assert_close(info_nce(h1, h2, t), info_nce(h1.float(), h2.float(), t))
+    # and close to the unrounded float32 result (input rounding only; 1/t amplifies it)
+    ref = info_nce(z1, z2, t)
+    assert abs(info_nce(h1, h2, t).item() - ref.item()) <= 2e-3 * ref.item() + 1e-4
+
+
+def test_autocast_does_not_lower_precision():
+    z1, z2 = _rand(16, 32, dtype=torch.float32, seed=17)
+    ref = info_nce(z1, z2, 0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = info_nce(z1, z2, 0.05)
+        dense = dense_info_nce(z1, z2, 0.05, max_negatives=4, generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float32 and dense.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+
+
+# -------------------------------------------------------------------------------- dense_info_nce
+def test_dense_equals_info_nce_without_subsampling():
+    f1, f2 = _rand(20, 8, seed=21)
+    torch.testing.assert_close(dense_info_nce(f1, f2, 0.1), info_nce(f1, f2, 0.1))
+    # max_negatives covering every candidate (2M-2) is exact as well
+    torch.testing.assert_close(dense_info_nce(f1, f2, 0.1, max_negatives=38), info_nce(f1, f2, 0.1))
+
+
+def test_negative_indices_valid_and_seeded():
+    m, k = 10, 5
+    idx = losses._negative_indices(m, k, torch.Generator().manual_seed(3))
+    assert idx.shape == (2 * m, k) and idx.dtype == torch.long
+    a = torch.arange(2 * m)[:, None]
+    assert not (idx == a).any() and not (idx == (a + m) % (2 * m)).any()   # never self, never partner
+    assert ((idx >= 0) & (idx < 2 * m)).all()
+    assert all(len(set(row.tolist())) == k for row in idx)               # without replacement
+    again = losses._negative_indices(m, k, torch.Generator().manual_seed(3))
+    other = losses._negative_indices(m, k, torch.Generator().manual_seed(4))
+    assert torch.equal(idx, again) and not torch.equal(idx, other)
+    # every candidate is reachable (uniform sampling, not a fixed window)
+    many = torch.cat([losses._negative_indices(m, k, torch.Generator().manual_seed(s)) for s in range(30)], 1)
+    for row, anchor in zip(many, range(2 * m)):
+        assert set(row.tolist()) == set(range(2 * m)) - {anchor, (anchor + m) % (2 * m)}
+
+
+def test_dense_subsampled_matches_reference_and_is_bounded(monkeypatch):
+    m, k, t = 12, 4, 0.2
+    f1, f2 = _rand(m, 6, seed=23)
+    seen = []
+    core = losses._nce_from_logits
+    monkeypatch.setattr(losses, "_nce_from_logits", lambda lg, pm: seen.append(tuple(lg.shape)) or core(lg, pm))
+    loss = dense_info_nce(f1, f2, t, max_negatives=k, generator=torch.Generator().manual_seed(8))
+    assert seen == [(2 * m, k + 1)]                       # the documented bounded similarity matrix
+    # explicit reference with the same sampled negatives
+    neg = losses._negative_indices(m, k, torch.Generator().manual_seed(8))
+    z = torch.nn.functional.normalize(torch.cat([f1, f2]), dim=1)
+    ref = 0.0
+    for a in range(2 * m):
+        pos = math.exp(float(z[a] @ z[(a + m) % (2 * m)]) / t)
+        negs = sum(math.exp(float(z[a] @ z[j]) / t) for j in neg[a].tolist())
+        ref += -math.log(pos / (pos + negs))
+    assert loss.item() == pytest.approx(ref / (2 * m), rel=1e-10)
+    # deterministic for a seeded generator
+    again = dense_info_nce(f1, f2, t, max_negatives=k, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(loss, again)
+
+
+# ------------------------------------------------------------------------- alignment / uniformity
+def test_alignment():
+    z1, z2 = _rand(10, 8, seed=31)
+    assert alignment(z1, z1.clone()).item() == pytest.approx(0.0, abs=1e-12)
+    assert alignment(z1, 5 * z1).item() == pytest.approx(0.0, abs=1e-12)      # on normalised rows
+    assert alignment(z1, -z1).item() == pytest.approx(4.0)                      # antipodal: 2^alpha
+    a = z1.clone().requires_grad_()
+    (g,) = torch.autograd.grad(alignment(a, z1.clone(), alpha=1.0), a)
+    assert torch.isfinite(g).all()
+
+
+def test_uniformity_and_collapse():
+    collapsed = torch.ones(32, 128) * 0.3
+    u0 = uniformity(collapsed)
+    assert u0.item() == pytest.approx(UNIFORMITY_WORST, abs=1e-6)
+    assert is_collapsed(u0.item()) and is_collapsed(u0)
+    nearly = collapsed + 1e-3 * torch.randn(32, 128, generator=torch.Generator().manual_seed(0))
+    assert is_collapsed(uniformity(nearly).item())
+    spread = torch.randn(256, 128, generator=torch.Generator().manual_seed(1))
+    u = uniformity(spread).item()
+    assert -4.1 < u < -3.5
+    assert not is_collapsed(u)
+    two_clusters = torch.cat([torch.ones(16, 8), -torch.ones(16, 8)])           # not a complete collapse
+    assert not is_collapsed(uniformity(two_clusters).item())
+    assert is_collapsed(float("nan"))                                           # NaN is not healthy
+    a = collapsed.clone().requires_grad_()
+    (g,) = torch.autograd.grad(uniformity(a), a)
+    assert torch.isfinite(g).all()
+    with pytest.raises(ValueError):
+        uniformity(spread[:1])

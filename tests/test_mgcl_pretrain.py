@@ -1,0 +1,128 @@
+"""nnUNetTrainerMGCLPretrain driven by the real nnUNetv2_train on a tiny phantom (CPU)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run, script
+from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_mgcl.discovery import ensure_ext_trainer_env
+from nnunet_mgcl.settings import PretrainSettings
+from nnunet_mgcl.trainers import (
+    nnUNetTrainerMGCLPretrain,
+    nnUNetTrainerMGCLPretrain_coarse,
+    nnUNetTrainerMGCLPretrain_fine,
+    nnUNetTrainerPlansBudget,
+)
+from nnunet_mgcl.trainers.mgcl_pretrain import TRANSFER_KEY, collapse_reason
+
+RESULTS = "nnUNetTrainerMGCLPretrain__nnUNetSmallPlans__3d_fullres"
+
+
+def _train(tiny, *args, timeout=900):
+    env = ensure_ext_trainer_env(dict(tiny["env"]))
+    return run([script("nnUNetv2_train"), str(tiny["id"]), "3d_fullres", *args, "-p", "nnUNetSmallPlans",
+                "-device", "cpu"], env=env, timeout=timeout)
+
+
+def _plans_path(tiny) -> Path:
+    return Path(tiny["env"]["nnUNet_preprocessed"]) / tiny["name"] / "nnUNetSmallPlans.json"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_dataset):
+    proc = _train(tiny_dataset, "all", "-tr", "nnUNetTrainerMGCLPretrain")
+    fold = Path(tiny_dataset["env"]["nnUNet_results"]) / tiny_dataset["name"] / RESULTS / "fold_all"
+    return tiny_dataset, fold, proc
+
+
+def test_pretraining_writes_checkpoint_progress_and_summary(pretrained):
+    tiny, fold, proc = pretrained
+    assert "pretraining on 10 scans (4 from the unlabeled pool)" in proc.stdout
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    info = ckpt[TRANSFER_KEY]
+    assert info["num_input_channels"] == 4 and info["plans_name"] == "nnUNetSmallPlans"
+    assert info["transfer_prefixes"] == ["encoder.", "decoder."]
+    weights = ckpt["network_weights"]
+    assert any(k.startswith("global_heads.") for k in weights) and any(k.startswith("local_heads.") for k in weights)
+    tensors = list(weights.values()) + [v for s in ckpt["optimizer_state"]["state"].values() for v in s.values()
+                                        if isinstance(v, torch.Tensor)]
+    assert all(t.device.type == "cpu" for t in tensors)  # loads on a machine without a GPU
+    assert (fold / "progress.png").stat().st_size > 10_000
+    summary = json.loads((fold / "pretraining_summary.json").read_text())
+    assert summary["epochs"] == 1
+    for key in ("train_global_loss", "train_local_loss", "alignment", "uniformity"):
+        assert math.isfinite(summary[key])
+
+
+def test_unlabeled_pool_is_preprocessed_beside_the_configuration_folder(pretrained):
+    tiny, _, _ = pretrained
+    pre = Path(tiny["env"]["nnUNet_preprocessed"]) / tiny["name"]
+    pool = pre / "nnUNetPlans_3d_fullres_unlabeled"
+    assert len(list(pool.glob("*.b2nd"))) == 2 * 4  # data + seg per pool case
+    config_files = {p.suffix for p in (pre / "nnUNetPlans_3d_fullres").iterdir()}
+    assert config_files == {".b2nd", ".pkl"}  # nnU-Net's folder holds only its own files
+
+
+def test_resume_with_c_continues_where_training_stopped(pretrained):
+    tiny, fold, _ = pretrained
+    plans = json.loads(_plans_path(tiny).read_text())
+    block = plans["configurations"]["3d_fullres"]["mgcl"]
+    block["pretrain_budget"] = dict(block["budget"], num_epochs=2)
+    _plans_path(tiny).write_text(json.dumps(plans))
+    try:
+        _train(tiny, "all", "-tr", "nnUNetTrainerMGCLPretrain", "--c")
+    finally:
+        del block["pretrain_budget"]
+        _plans_path(tiny).write_text(json.dumps(plans))
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["current_epoch"] == 2
+    assert len(ckpt["logging"]["train_losses"]) == 2 and len(ckpt["logging"]["uniformity"]) == 2
+
+
+def test_checkpoint_transfers_into_plain_nnunet(pretrained, tmp_path):
+    tiny, fold, _ = pretrained
+    ckpt_file = fold / "checkpoint_final.pth"
+    # what -pretrained_weights does, on the network plain nnUNetTrainer builds from the same plans
+    pm = PlansManager(str(_plans_path(tiny)))
+    cm = pm.get_configuration("3d_fullres")
+    plain = nnUNetTrainerPlansBudget.build_network_architecture(pm, cm, 4, 2, True)
+    load_pretrained_weights(plain, str(ckpt_file))
+    saved = torch.load(ckpt_file, map_location="cpu", weights_only=False)["network_weights"]
+    loaded = plain.state_dict()
+    encoder_keys = [k for k in loaded if k.startswith("encoder.")]
+    assert encoder_keys and all(torch.equal(loaded[k], saved[k]) for k in encoder_keys)
+    assert torch.equal(loaded["decoder.stages.0.convs.0.conv.weight"], saved["decoder.stages.0.convs.0.conv.weight"])
+    # and through the real command
+    proc = _train(tiny, "0", "-tr", "nnUNetTrainerPlansBudget", "-pretrained_weights", str(ckpt_file))
+    assert f"Loading pretrained weights from file  {ckpt_file}" in proc.stdout
+    assert "encoder.stages.0.0.convs.0.conv.weight shape" in proc.stdout
+
+
+@pytest.mark.parametrize("cls,global_heads,local_heads", [
+    (nnUNetTrainerMGCLPretrain, 1, 1),
+    (nnUNetTrainerMGCLPretrain_coarse, 1, 0),
+    (nnUNetTrainerMGCLPretrain_fine, 0, 1),
+])
+def test_ablations_build_one_grain(tiny_dataset, cls, global_heads, local_heads):
+    pm = PlansManager(str(_plans_path(tiny_dataset)))
+    net = cls.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 4, 2, False)
+    assert (len(net.global_heads), len(net.local_heads)) == (global_heads, local_heads)
+    x = torch.zeros(1, 4, *pm.get_configuration("3d_fullres").patch_size)
+    assert net(x).shape == (1, 2, *x.shape[2:])  # default forward = plain U-Net
+
+
+@pytest.mark.parametrize("history,stops", [
+    ([-0.01, -0.02, -0.01], False),                       # a new network starts collapsed: give it time
+    ([-0.01] * 10, True),                                 # ... but not forever (warm-up 10 epochs)
+    ([-2.0, -1.5, -0.05, -0.02, -0.01], True),            # spread out, then collapsed 3 epochs in a row
+    ([-2.0, -0.05, -0.02, -1.0, -0.01], False),           # recovered in between
+    ([-2.0, -2.1, float("nan"), float("nan"), float("nan")], True),  # NaN is not healthy
+])
+def test_collapse_detection(history, stops):
+    assert (collapse_reason(history, PretrainSettings()) is not None) == stops

@@ -1,0 +1,103 @@
+"""Plans variants (nnunet_mgcl.plans) and the plans settings block (nnunet_mgcl.settings)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+from nnunet_mgcl.errors import InputError
+from nnunet_mgcl.plans import shrink_configuration, write_small_plans
+from nnunet_mgcl.settings import budget
+
+
+def _plans(network="dynamic_network_architectures.architectures.unet.PlainConvUNet", blocks="n_conv_per_stage"):
+    arch_kwargs = {
+        "n_stages": 5, "features_per_stage": [32, 64, 128, 256, 320],
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+        "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+        blocks: [2, 2, 2, 2, 2], "n_conv_per_stage_decoder": [2, 2, 2, 2], "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+    if blocks == "n_blocks_per_stage":
+        arch_kwargs["block"] = "dynamic_network_architectures.building_blocks.residual.BasicBlockD"
+        arch_kwargs["bottleneck_channels"] = None
+        arch_kwargs["stem_channels"] = None
+    cfg = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+           "batch_size": 2, "patch_size": [32, 64, 48], "spacing": [5.0, 4.0, 4.0],
+           "architecture": {"network_class_name": network, "arch_kwargs": arch_kwargs,
+                            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]
+                                                    + (["block"] if blocks == "n_blocks_per_stage" else [])}}
+    return {"dataset_name": "Dataset999_X", "plans_name": "nnUNetPlans",
+            "configurations": {"3d_fullres": cfg, "3d_lowres": {"inherits_from": "3d_fullres", "batch_size": 4},
+                               "2d": {"data_identifier": "nnUNetPlans_2d"}}}
+
+
+def _build(cfg, in_ch=3, out_ch=2):
+    a = cfg["architecture"]
+    return get_network_from_plans(a["network_class_name"], a["arch_kwargs"], a["_kw_requires_import"], in_ch, out_ch,
+                                  deep_supervision=False)
+
+
+@pytest.mark.parametrize("network,blocks", [
+    ("dynamic_network_architectures.architectures.unet.PlainConvUNet", "n_conv_per_stage"),
+    ("dynamic_network_architectures.architectures.unet.ResidualEncoderUNet", "n_blocks_per_stage"),
+])
+def test_shrunk_configuration_builds_a_smaller_network_that_runs(network, blocks):
+    cfg = _plans(network, blocks)["configurations"]["3d_fullres"]
+    small = shrink_configuration(cfg, n_stages=3, base_features=8, max_features=16, patch_size=[16, 32, 32],
+                                 batch_size=1)
+    assert small["architecture"]["arch_kwargs"]["features_per_stage"] == [8, 16, 16]
+    assert cfg["architecture"]["arch_kwargs"]["n_stages"] == 5  # the source is not modified
+    big, net = _build(cfg), _build(small)
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in big.parameters()) / 20
+    out = net(torch.zeros(1, 3, *small["patch_size"]))
+    assert out.shape == (1, 2, 16, 32, 32)
+
+
+def test_patch_size_must_be_divisible_by_the_strides():
+    cfg = _plans()["configurations"]["3d_fullres"]
+    with pytest.raises(ValueError, match="divisible by \\[2, 4, 4\\]"):
+        shrink_configuration(cfg, 3, 8, 16, patch_size=[16, 30, 32], batch_size=None)
+
+
+def test_write_small_plans_keeps_data_identifier_and_writes_budget(tmp_path):
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(_plans()))
+    path = write_small_plans(tmp_path, configurations=["3d_lowres"], target_plans="nnUNetTinyPlans",
+                             budget={"num_epochs": 3, "num_iterations_per_epoch": 5})
+    out = json.loads(path.read_text())
+    assert out["plans_name"] == "nnUNetTinyPlans"
+    assert list(out["configurations"]) == ["3d_lowres"]
+    cfg = out["configurations"]["3d_lowres"]
+    assert "inherits_from" not in cfg and cfg["batch_size"] == 4  # inheritance resolved
+    assert cfg["data_identifier"] == "nnUNetPlans_3d_fullres"  # reuses the preprocessed data
+    assert budget(cfg) == {"num_epochs": 3, "num_iterations_per_epoch": 5}
+
+
+def test_write_small_plans_errors(tmp_path):
+    with pytest.raises(InputError, match="run nnUNetv2_plan_and_preprocess first"):
+        write_small_plans(tmp_path)
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(_plans()))
+    with pytest.raises(InputError, match="not in the plans"):
+        write_small_plans(tmp_path, configurations=["3d_cascade_fullres"])
+    with pytest.raises(ValueError, match="unknown budget key"):
+        write_small_plans(tmp_path, budget={"epochs": 3})
+
+
+@pytest.mark.parametrize("block,message", [
+    ({"mgcl": []}, "must be a JSON object"),
+    ({"mgcl": {"budget": {"num_epochs": 0}}}, "positive integer"),
+    ({"mgcl": {"budget": {"num_epochs": True}}}, "positive integer"),
+    ({"mgcl": {"budget": {"epochs": 2}}}, "unknown keys"),
+])
+def test_budget_rejects_bad_settings(block, message):
+    with pytest.raises(ValueError, match=message):
+        budget(block)
+
+
+def test_budget_absent_means_nnunet_defaults():
+    assert budget({}) == {}

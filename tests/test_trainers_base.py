@@ -1,0 +1,81 @@
+"""Trainer mixins (nnunet_mgcl.trainers.base) and checkpoint writing, in isolation."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from nnunet_mgcl.checkpoints import atomic_torch_save, to_cpu
+from nnunet_mgcl.trainers.base import PlansBudgetMixin
+
+
+class _DiesWhilePickled:
+    """Raises half-way through torch.save, after part of the file has been written."""
+
+    def __reduce__(self):
+        raise KeyboardInterrupt("killed mid-write")
+
+
+def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path):
+    ckpt = tmp_path / "checkpoint_latest.pth"
+    atomic_torch_save({"epoch": 1}, ckpt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"weights": torch.zeros(1000), "bad": _DiesWhilePickled()}, ckpt)
+    assert torch.load(ckpt, weights_only=False) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]
+
+
+def test_completed_write_replaces_the_checkpoint(tmp_path):
+    ckpt = tmp_path / "checkpoint_latest.pth"
+    atomic_torch_save({"epoch": 1}, ckpt)
+    atomic_torch_save({"epoch": 2}, ckpt)
+    assert torch.load(ckpt, weights_only=False) == {"epoch": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]
+
+
+def test_to_cpu_keeps_structure_and_types():
+    meta = torch.zeros(3, device="meta")  # stands in for a CUDA tensor on a machine without one
+    state = OrderedDict(w=torch.ones(2), nested={"m": [torch.ones(1), (torch.ones(1), 3)]}, n=5)
+    out = to_cpu(state)
+    assert isinstance(out, OrderedDict) and list(out) == ["w", "nested", "n"]
+    assert out["nested"]["m"][1][1] == 3 and isinstance(out["nested"]["m"][1], tuple)
+    with pytest.raises(NotImplementedError):  # a meta tensor cannot be copied: proves .cpu() is called
+        to_cpu({"x": meta})
+
+
+class _Cfg:
+    def __init__(self, configuration):
+        self.configuration = configuration
+
+
+class _Budgeted(PlansBudgetMixin):
+    def __init__(self, configuration, key="budget"):
+        self.budget_key = key
+        self.configuration_manager = _Cfg(configuration)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1000, 250, 50
+        self.save_every = 50
+
+
+def test_budget_from_plans_overrides_only_what_it_sets():
+    t = _Budgeted({"mgcl": {"budget": {"num_epochs": 7, "num_iterations_per_epoch": 3}}})
+    t._apply_plans_budget()
+    assert (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch) == (7, 3, 50)
+    assert t.save_every == 3
+
+
+def test_pretrain_budget_falls_back_to_budget():
+    cfg = {"mgcl": {"budget": {"num_epochs": 7}}}
+    t = _Budgeted(cfg, "pretrain_budget")
+    t._apply_plans_budget()
+    assert t.num_epochs == 7
+    cfg["mgcl"]["pretrain_budget"] = {"num_epochs": 4}
+    t = _Budgeted(cfg, "pretrain_budget")
+    t._apply_plans_budget()
+    assert t.num_epochs == 4
+
+
+def test_no_budget_keeps_nnunet_defaults():
+    t = _Budgeted({})
+    t._apply_plans_budget()
+    assert (t.num_epochs, t.num_iterations_per_epoch, t.save_every) == (1000, 250, 50)

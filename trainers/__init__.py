@@ -1,0 +1,18 @@
+"""nnUNetTrainer subclasses, one file per method.
+
+Every class listed in ``__all__`` is found by ``nnUNetv2_train -tr NAME`` once ``nnUNet_extTrainer``
+names our shim folder (``eval "$(nnunet-mgcl env)"``).
+"""
+from nnunet_mgcl.trainers.mgcl_pretrain import (
+    nnUNetTrainerMGCLPretrain,
+    nnUNetTrainerMGCLPretrain_coarse,
+    nnUNetTrainerMGCLPretrain_fine,
+)
+from nnunet_mgcl.trainers.plans_budget import nnUNetTrainerPlansBudget
+
+__all__ = [
+    "nnUNetTrainerPlansBudget",
+    "nnUNetTrainerMGCLPretrain",
+    "nnUNetTrainerMGCLPretrain_coarse",
+    "nnUNetTrainerMGCLPretrain_fine",
+]
