@@ -22,6 +22,7 @@ setup(
         "nnunet_mgcl.phantom",
         "nnunet_mgcl.networks",
         "nnunet_mgcl.data",
+        "nnunet_mgcl.evaluation",
         "nnunet_mgcl.dataset_conversion",
         "nnunet_mgcl.trainers",
     ],

@@ -1067,3 +1067,268 @@ def common_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``convert()`` that :func:`add_common_arguments` defines, from ``args``."""
     return {"dataset_id": args.dataset_id, "overwrite": args.overwrite, "skip_bad": args.skip_bad,
             "dry_run": args.dry_run, "raw_dir": getattr(args, "raw_dir", None)}
+
+
+# --------------------------------------------------------------------------------------------------
+# appended for the ISLES converters (generic): layout root, scaled masks, case ids with --skip-bad,
+# dry-run listing
+# --------------------------------------------------------------------------------------------------
+
+def find_layout_root(input_dir: str | Path, is_root: Callable[[Path], bool], expected: str) -> Path:
+    """The folder that holds a dataset's layout: ``input_dir`` itself, or its only sub-folder that does.
+
+    Archives often unpack into one wrapper folder (ISLES'24 ``train/``, ISLES'22 ``ISLES-2022/``), so we
+    look one level down (our choice: not deeper, so that an unrelated tree is never searched) and log it.
+    ``is_root(folder)`` says whether a folder holds the layout; ``expected`` describes it for the error
+    message. InputError (naming ``input_dir``) when it does not exist, is empty, or holds no layout or
+    several candidate roots.
+    """
+    folder = Path(input_dir).expanduser()
+    if not folder.is_dir():
+        raise InputError("input folder not found", file=folder)
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise InputError(f"input folder is empty (expected {expected})", file=folder)
+    if is_root(folder):
+        return folder
+    below = [p for p in sorted(entries) if p.is_dir() and is_root(p)]
+    if len(below) == 1:
+        logger.info("dataset layout found in the sub-folder %s", below[0])
+        return below[0]
+    if below:
+        raise InputError(f"several sub-folders hold the layout ({[p.name for p in below]}); pass one of them",
+                         file=folder)
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in entries)[:10]
+    raise InputError(f"no dataset found: expected {expected}; found {found}", file=folder)
+
+
+def read_fractional_mask(path: str | Path, case: str | None = None, threshold: float = 0.5,
+                         atol: float = 1e-3) -> tuple[sitk.Image, int]:
+    """Read a mask stored with NIfTI scaling and/or partial-volume fractions; return (uint8 {0,1} mask,
+    number of fractional voxels).
+
+    SimpleITK applies ``scl_slope``/``scl_inter`` when reading (a mask stored as uint16 65535 with slope
+    1/65535 comes back as 1.0), so values are checked *after* scaling: every value must lie in [0, 1]
+    (within ``atol``); values strictly between 0 and 1 are partial-volume fractions left by a resampling
+    step (e.g. NiftyReg's reg_resample) and are binarised ``> threshold`` (our choice: 0.5, nearest to
+    "more inside than outside"). Anything outside [0, 1] (2, 255, 65535 without a slope, negative values) raises
+    InputError listing the values, since it is not a fraction map but a label map or an unscaled mask.
+    All checks of :func:`read_image` apply (complete file, 3D, finite).
+    """
+    image = read_image(path, case)
+    arr = sitk.GetArrayViewFromImage(image)
+    values = np.unique(arr)
+    bad = values[(values < -atol) | (values > 1 + atol)]
+    if bad.size:
+        shown = ", ".join(f"{v:g}" for v in values[:12].tolist()) + (", ..." if values.size > 12 else "")
+        raise InputError(f"mask values outside [0, 1] after applying the NIfTI scaling: found {{{shown}}}; "
+                         f"expected 0/1 (or fractions in [0, 1])", case=case, file=path)
+    fractional = int(np.count_nonzero((arr > atol) & (arr < 1 - atol)))
+    binary = image_from_array((np.asarray(arr) > threshold).astype(np.uint8), image)
+    return binary, fractional
+
+
+def assign_case_ids(source_ids: Iterable[str], prefix: str, *, summary: ConversionSummary,
+                    skip_bad: bool = False, files: Mapping[str, str | Path] | None = None,
+                    source: str | Path | None = None) -> dict[str, str]:
+    """Case ids (:func:`make_case_id`) for source ids, refusing duplicates and collisions.
+
+    Like :class:`CaseIdRegistry` (equal ids, equal after sanitizing, or equal ignoring letter case
+    collide), but sees all ids first, so that with ``skip_bad`` *every* member of a colliding group is
+    left out and listed in ``summary.skipped`` (our choice: no member of a collision is more right than
+    the others); without it the InputError names both source ids and ``files[source_id]`` (else
+    ``source``). Returns ``{source_id: case_id}`` for the ids kept, in input order.
+    """
+    files = files or {}
+    groups: dict[str, list[str]] = {}
+    ids: dict[str, str] = {}
+    for sid in source_ids:
+        try:
+            case_id = make_case_id(prefix, sid)
+        except InputError as err:
+            err = InputError(err.reason, case=str(sid), file=files.get(sid, source))
+            if not skip_bad:
+                raise err from None
+            summary.skip(str(sid), str(err))
+            continue
+        ids[sid] = case_id
+        groups.setdefault(case_id.lower(), []).append(sid)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        first, second = members[0], members[1]
+        if first == second:
+            msg = f"duplicate id {second!r}"
+        else:
+            msg = (f"ids {first!r} and {second!r} both map to case id {ids[second]!r} after sanitizing to "
+                   f"[A-Za-z0-9-] (ignoring letter case); rename one of them")
+        file = files.get(second, source)
+        if files.get(first) is not None and file is not None and files.get(first) != file:
+            msg += f" (files: {files[first]} and {file})"
+        if not skip_bad:
+            raise InputError(msg, case=str(second), file=file)
+        for sid in members:
+            summary.skip(str(sid), str(InputError(msg, case=str(sid), file=files.get(sid, source))))
+            ids.pop(sid, None)
+    return ids
+
+
+def log_dry_run(summary: ConversionSummary) -> None:
+    """In a dry run, log (INFO) every file that would be written under the dataset folder, one per line."""
+    if not summary.dry_run:
+        return
+    logger.info("dry run: would write %d file(s) under %s:", len(summary.files), summary.output_dir)
+    for rel in summary.files:
+        logger.info("  %s", rel)
+
+
+# --------------------------------------------------------------------------------------------------
+# appended for the CSVD / WMH 2017 / VALDO / MM-WHS converters (generic): multi-label maps checked
+# against an expected value set (with remapping), images whose NaN voxels are allowed to become 0,
+# tables that refuse unknown columns
+# --------------------------------------------------------------------------------------------------
+
+def _shown_values(values: np.ndarray, limit: int = 12) -> str:
+    return ", ".join(f"{v:g}" for v in values[:limit].tolist()) + (", ..." if values.size > limit else "")
+
+
+def check_label_values(image: sitk.Image, expected: Iterable[int], case: str | None = None,
+                       file: str | Path | None = None) -> set[int]:
+    """The set of values of a label map, after checking that they are integers in ``expected``.
+
+    :func:`read_mask` is for binary masks; this is its multi-label counterpart (WMH 0/1/2, MM-WHS
+    205/420/...). InputError naming the case and the file lists the unexpected values and the expected
+    set, so a label map from another protocol (or an unscaled / probabilistic map) is never written.
+    """
+    allowed = sorted({int(v) for v in expected})
+    values = np.unique(sitk.GetArrayViewFromImage(image))
+    if values.dtype.kind == "f":
+        fractional = values[np.mod(values, 1) != 0]
+        if fractional.size:
+            raise InputError(f"label map has non-integer values {{{_shown_values(fractional)}}}; expected integers "
+                             f"in {allowed}", case=case, file=file)
+    found = {int(v) for v in values}
+    bad = np.asarray(sorted(found - set(allowed)))
+    if bad.size:
+        raise InputError(f"unexpected label value(s) {{{_shown_values(bad)}}} (found {{{_shown_values(values)}}}); "
+                         f"expected only {allowed}", case=case, file=file)
+    return found
+
+
+def remap_labels(image: sitk.Image, mapping: Mapping[int, int]) -> sitk.Image:
+    """A uint8 label map with each value ``v`` replaced by ``mapping[v]``, geometry kept.
+
+    Every value of ``image`` must be a key of ``mapping`` (check with :func:`check_label_values` first;
+    a value left unmapped is a converter bug: ValueError). Targets must be 0..255.
+    """
+    arr = sitk.GetArrayViewFromImage(image)
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    covered = np.zeros(arr.shape, dtype=bool)
+    for source, target in mapping.items():
+        if not 0 <= int(target) <= 255:
+            raise ValueError(f"label target {target} is outside 0..255")
+        hit = arr == source
+        out[hit] = int(target)
+        covered |= hit
+    if not covered.all():
+        raise ValueError(f"label values {sorted(np.unique(np.asarray(arr)[~covered]).tolist())[:12]} are not in "
+                         f"the mapping {dict(mapping)}")
+    return image_from_array(out, image)
+
+
+def read_label_map(path: str | Path, expected: Iterable[int] | Mapping[int, int],
+                   case: str | None = None) -> sitk.Image:
+    """Read a multi-label map (all checks of :func:`read_image`), values checked against ``expected``; uint8.
+
+    ``expected`` is either the allowed values (kept as they are, e.g. ``{0, 1, 2}``) or a mapping
+    ``{source value: output value}`` (e.g. MM-WHS ``{0: 0, 205: 1, 420: 2, ...}``), in which case the
+    map is remapped. Unexpected or non-integer values raise InputError naming the case and the file.
+    """
+    image = read_image(path, case)
+    mapping = ({int(k): int(v) for k, v in expected.items()} if isinstance(expected, Mapping)
+               else {int(v): int(v) for v in expected})
+    check_label_values(image, mapping.keys(), case, path)
+    return remap_labels(image, mapping)
+
+
+def read_image_nan_to_zero(path: str | Path, case: str | None = None) -> tuple[sitk.Image, int]:
+    """Like :func:`read_image`, but NaN / infinite voxels become 0 instead of an error; returns (image, count).
+
+    For datasets known to ship NaN outside a brain mask (VALDO's ``desc-masked`` images, as reported by
+    third-party preprocessing code), where the user asks for it explicitly. Every other check of
+    :func:`read_image` still applies (the truncation check runs before the finiteness check, so a file
+    that only fails on NaN is complete). SimpleITK already reads NaN as 0; infinite values are zeroed here.
+    """
+    try:
+        return read_image(path, case), 0
+    except InputError as err:
+        if not err.reason.startswith("image contains "):   # the message of _raise_if_not_finite
+            raise
+    import nibabel as nib
+
+    count = int(np.count_nonzero(~np.isfinite(np.asanyarray(nib.load(str(path)).dataobj))))
+    image = ensure_3d(sitk.ReadImage(str(path)), case, path)
+    arr = sitk.GetArrayFromImage(image)
+    arr[~np.isfinite(arr)] = 0
+    return image_from_array(arr, image), count
+
+
+def read_table_strict(path: str | Path, required: Sequence[str], optional: Sequence[str] = (),
+                      aliases: Mapping[str, Sequence[str]] | None = None, id_column: str | None = None,
+                      extra_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """:func:`read_table` that refuses columns it does not know: InputError naming the column and the file.
+
+    For tables whose columns carry labels (scores, grades): a misspelt column (``fazekas_periv``) would
+    otherwise be kept as an extra column and the value it holds silently ignored. Known columns are
+    ``required``, ``optional``, their ``aliases`` and ``extra_columns`` (kept in the rows, like
+    :func:`read_table` keeps any other column), all matched with :func:`normalize_name`.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_file():
+        try:
+            if path.suffix.lower() in (".xlsx", ".xls"):
+                header = list(pd.read_excel(path, nrows=0).columns)
+            else:
+                header = list(pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", nrows=0,
+                                          encoding="utf-8-sig", skipinitialspace=True).columns)
+        except Exception:   # unreadable: read_table below raises the proper InputError
+            header = []
+        known = {normalize_name(c) for c in list(required) + list(optional) + list(extra_columns)}
+        for names in (aliases or {}).values():
+            known.update(normalize_name(n) for n in names)
+        for col in header:
+            if normalize_name(col) not in known:
+                listed = sorted({normalize_name(c) for c in list(required) + list(optional) + list(extra_columns)})
+                raise InputError(f"unknown column {str(col)!r}; known columns: {listed} (check the spelling, or "
+                                 f"declare it as an extra column)", file=path)
+    return read_table(path, required, optional, aliases=aliases, id_column=id_column)
+
+
+def refuse_duplicate_sources(pairs: Iterable[tuple[str, str | Path]], *, summary: ConversionSummary,
+                             skip_bad: bool = False, what: str = "id") -> set[str]:
+    """Source ids that were found at more than one path (``pairs`` = (source id, path) as discovered).
+
+    For converters that build source ids from paths (``<site>/<id>`` folders, ``ct_train_1001`` file
+    names): the same id in two places would write one case over the other. Without ``skip_bad`` the
+    first duplicate raises InputError naming the id and *both* paths; with it every duplicated id is
+    listed in ``summary.skipped`` (our choice: neither copy is more right) and returned, for the caller
+    to leave out. (:func:`assign_case_ids` then catches ids that differ but collide after sanitizing.)
+    """
+    seen: dict[str, list[str]] = {}
+    for sid, path in pairs:
+        paths = seen.setdefault(str(sid), [])
+        if str(path) not in paths:
+            paths.append(str(path))
+    dropped: set[str] = set()
+    for sid, paths in seen.items():
+        if len(paths) < 2:
+            continue
+        err = InputError(f"duplicate {what} {sid!r}: found at {paths[0]} and {paths[1]}"
+                         + (f" (and {len(paths) - 2} more)" if len(paths) > 2 else ""), case=sid, file=paths[1])
+        if not skip_bad:
+            raise err
+        summary.skip(sid, str(err))
+        dropped.add(sid)
+    return dropped

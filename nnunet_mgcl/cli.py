@@ -77,11 +77,14 @@ def _cmd_small_plans(args: argparse.Namespace) -> int:
 
     budget = {k: v for k, v in (("num_epochs", args.epochs), ("num_iterations_per_epoch", args.iterations),
                                 ("num_val_iterations_per_epoch", args.val_iterations)) if v is not None}
+    pretrain_budget = {k: v for k, v in (("num_epochs", args.pretrain_epochs),
+                                         ("num_iterations_per_epoch", args.pretrain_iterations)) if v is not None}
     folder = Path(nnUNet_preprocessed) / maybe_convert_to_dataset_name(args.dataset_id)
     path = write_small_plans(folder, configurations=args.configurations, source_plans=args.plans,
                              target_plans=args.output_plans, n_stages=args.stages,
                              base_features=args.features, max_features=args.max_features,
-                             patch_size=args.patch_size, batch_size=args.batch_size, budget=budget or None)
+                             patch_size=args.patch_size, batch_size=args.batch_size, budget=budget or None,
+                             pretrain_budget=pretrain_budget or None)
     logger.info("wrote %s; train with: nnUNetv2_train %s %s FOLD -p %s -tr TRAINER", path, args.dataset_id,
                 args.configurations[0], args.output_plans)
     return 0
@@ -91,8 +94,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from nnunet_mgcl.demo import DemoConfig, format_summary, run_demo
 
     cfg = DemoConfig(output=Path(args.output), device=args.device or _default_device(), seed=args.seed,
-                     cases=args.cases, test_cases=args.test_cases, epochs=args.epochs,
-                     iterations=args.iterations, overwrite=args.overwrite)
+                     cases=args.cases, unlabeled=args.unlabeled, test_cases=args.test_cases,
+                     labeled_fraction=args.labeled_fraction, epochs=args.epochs,
+                     pretrain_epochs=args.pretrain_epochs, iterations=args.iterations, overwrite=args.overwrite)
     result = run_demo(cfg)
     print(format_summary(result))
     return 0
@@ -156,20 +160,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--iterations", type=int, default=None, help="training iterations per epoch")
     p.add_argument("--val-iterations", type=int, default=None, help="validation iterations per epoch")
+    p.add_argument("--pretrain-epochs", type=int, default=None, help="epochs of the pretraining trainers")
+    p.add_argument("--pretrain-iterations", type=int, default=None,
+                   help="iterations per epoch of the pretraining trainers")
     p.set_defaults(func=_cmd_small_plans)
 
     p = sub.add_parser("demo", help="run the whole chain on a phantom cohort (minutes on a CPU)",
-                       description="phantom -> convert -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train -> "
-                                   "nnUNetv2_predict -> Dice on held-out phantom cases.")
+                       description="phantom -> convert -> nnUNetv2_plan_and_preprocess -> split -> MGCL "
+                                   "pretraining (nnUNetv2_train) -> multi-task fine-tuning (nnUNetv2_train) -> "
+                                   "nnunet-mgcl predict -> Dice and TSS AUC on held-out phantom cases.")
     p.add_argument("-o", "--output", default="nnunet_mgcl_demo", help="work folder (default ./nnunet_mgcl_demo)")
     _add_device(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cases", type=int, default=24, help="labeled phantom cases (default 24)")
-    p.add_argument("--test-cases", type=int, default=8, help="held-out test cases (default 8)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
+    p.add_argument("--cases", type=int, default=24, help="training phantom cases (default 24)")
+    p.add_argument("--unlabeled", type=int, default=12, help="unlabeled / unpaired phantom cases (default 12)")
+    p.add_argument("--test-cases", type=int, default=12, help="held-out test cases (default 12)")
+    p.add_argument("--labeled-fraction", type=float, default=0.5,
+                   help="fraction of the training cases whose labels are used (default 0.5)")
+    p.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs (default 12)")
+    p.add_argument("--pretrain-epochs", type=int, default=6, help="pretraining epochs (default 6)")
+    p.add_argument("--iterations", type=int, default=25, help="iterations per epoch (default 25)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in the folder")
     p.set_defaults(func=_cmd_demo)
+
+    from nnunet_mgcl import splits
+
+    p = sub.add_parser("split", help="write splits_final.json with a labeled fraction of nnU-Net's folds",
+                       description="Writes $nnUNet_preprocessed/DatasetXXX/splits_final.json: nnU-Net's own 5-fold "
+                                   "validation; per fold a stratified, nested fraction of its train cases labeled "
+                                   "('train'), the rest in 'unlabeled'. Parameters go to splits_final.mgcl.json.")
+    splits.add_arguments(p)
+    p.set_defaults(func=splits.run)
+
+    from nnunet_mgcl import predict
+
+    p = sub.add_parser("predict", help="masks as nnUNetv2_predict, plus class probabilities, lesion report, QC",
+                       description=predict.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_arguments(p)
+    p.set_defaults(func=predict.run)
+
+    from nnunet_mgcl.evaluation.report import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     return parser
 
 

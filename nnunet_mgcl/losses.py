@@ -251,3 +251,18 @@ def is_collapsed(uniformity_value: float, threshold: float = UNIFORMITY_COLLAPSE
     collapsed (a monitor must not report NaN as healthy). Accepts a float or a 0-d tensor.
     """
     return not float(uniformity_value) < threshold
+
+
+def masked_cross_entropy(logits: Tensor, targets: Tensor, weight: Tensor | None = None,
+                         ignore_index: int = -1) -> Tensor:
+    """Class-weighted cross-entropy over the samples whose target is not ``ignore_index``.
+
+    Cases without a case label (unknown onset time, ...) carry ``ignore_index`` and are masked out. A
+    batch without any labeled sample gives a zero loss that still belongs to the graph (so that a
+    training step can always call ``backward``). With weights, the mean is the weighted mean (PyTorch's
+    convention), so class weights rebalance the classes without changing the loss scale.
+    """
+    known = targets != ignore_index
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits[known].float(), targets[known], weight=weight)

@@ -60,11 +60,13 @@ def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequ
                       source_plans: str = "nnUNetPlans", target_plans: str = SMALL_PLANS_NAME,
                       n_stages: int = 4, base_features: int = 16, max_features: int = 128,
                       patch_size: Sequence[int] | None = None, batch_size: int | None = None,
-                      budget: dict[str, int] | None = None) -> Path:
+                      budget: dict[str, int] | None = None,
+                      pretrain_budget: dict[str, int] | None = None) -> Path:
     """Write ``<target_plans>.json`` beside the source plans and return its path.
 
     Only the listed configurations are kept; each shares the preprocessed data of its source.
-    ``budget`` (keys of :data:`nnunet_mgcl.settings.BUDGET_KEYS`) goes into the ``mgcl`` block.
+    ``budget`` and ``pretrain_budget`` (keys of :data:`nnunet_mgcl.settings.BUDGET_KEYS`) go into the
+    ``mgcl`` block (see :mod:`nnunet_mgcl.settings`).
     """
     folder = Path(preprocessed_dataset_dir)
     src = folder / f"{source_plans}.json"
@@ -75,9 +77,11 @@ def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequ
     if missing:
         raise InputError(f"configuration(s) {missing} not in the plans (have "
                          f"{sorted(plans['configurations'])})", file=src)
-    for key in budget or {}:
-        if key not in BUDGET_KEYS:
-            raise ValueError(f"unknown budget key {key!r}; allowed: {list(BUDGET_KEYS)}")
+    budgets = {k: dict(v) for k, v in (("budget", budget), ("pretrain_budget", pretrain_budget)) if v}
+    for block in budgets.values():
+        for key in block:
+            if key not in BUDGET_KEYS:
+                raise ValueError(f"unknown budget key {key!r}; allowed: {list(BUDGET_KEYS)}")
     out = copy.deepcopy(plans)
     out["plans_name"] = target_plans
     out["configurations"] = {}
@@ -85,13 +89,13 @@ def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequ
         # resolve nnU-Net's "inherits_from" so the variant stands alone
         resolved = _resolve(plans["configurations"], name)
         cfg = shrink_configuration(resolved, n_stages, base_features, max_features, patch_size, batch_size)
-        if budget:
-            cfg.setdefault(PLANS_KEY, {})["budget"] = dict(budget)
+        if budgets:
+            cfg.setdefault(PLANS_KEY, {}).update(copy.deepcopy(budgets))
         out["configurations"][name] = cfg
         arch = cfg["architecture"]["arch_kwargs"]
         logger.info("%s/%s: %d stages, features %s, patch %s, batch %d%s", target_plans, name, arch["n_stages"],
                     arch["features_per_stage"], cfg["patch_size"], cfg["batch_size"],
-                    f", budget {budget}" if budget else "")
+                    "".join(f", {k} {v}" for k, v in budgets.items()))
     dst = folder / f"{target_plans}.json"
     tmp = dst.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(out, indent=4))

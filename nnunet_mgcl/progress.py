@@ -1,13 +1,15 @@
-"""Per-epoch logging and ``progress.png`` for trainers whose yardstick is not Dice.
+"""Per-epoch logging and ``progress.png`` for trainers whose yardsticks are not only Dice.
 
 nnU-Net's ``LocalLogger`` asserts that every key it logs was declared, and its ``progress.png`` plots
-pseudo-Dice. Pretraining has no Dice; it has two losses and two representation measures (alignment
-and uniformity, Wang & Isola 2020). :class:`ContrastiveLocalLogger` declares those keys and draws them,
-in nnU-Net's place and style (``fold_X/progress.png``), and is checkpointed by nnU-Net as usual.
+loss, pseudo-Dice, epoch time and learning rate. Our trainers log more (contrastive losses, alignment,
+uniformity; classification loss and AUC), so their loggers declare those keys and draw them in
+nnU-Net's place (``fold_X/progress.png``); nnU-Net checkpoints and restores them as usual.
 """
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -15,49 +17,84 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 
-CONTRASTIVE_KEYS = ("train_losses", "val_losses", "lrs", "epoch_start_timestamps", "epoch_end_timestamps",
-                    "train_global_loss", "train_local_loss", "val_global_loss", "val_local_loss",
-                    "alignment", "uniformity")
+
+@dataclass(frozen=True)
+class Curve:
+    key: str
+    label: str
+    style: str = "-"
+    right_axis: bool = False
+
+
+def _plot(log: dict, panels: list[tuple[str, str, list[Curve]]], output_folder: str) -> None:
+    """One panel per (left y label, right y label, curves); epoch on x; epoch time and lr appended."""
+    n = min(len(v) for v in log.values())
+    if n == 0:
+        return
+    x = list(range(n))
+    timing = [e - s for e, s in zip(log["epoch_end_timestamps"][:n], log["epoch_start_timestamps"][:n])]
+    fig, axes = plt.subplots(len(panels) + 2, 1, figsize=(12, 4.5 * (len(panels) + 2)))
+    for ax, (left, right, curves) in zip(axes, panels):
+        twin = ax.twinx() if any(c.right_axis for c in curves) else None
+        for c in curves:
+            values = log[c.key][:n]
+            if all(isinstance(v, float) and math.isnan(v) for v in values):
+                continue  # a quantity that is switched off (e.g. one grain in an ablation)
+            (twin if c.right_axis else ax).plot(x, values, c.style, label=c.label, lw=2)
+        ax.set_ylabel(left)
+        ax.legend(loc="upper left")
+        if twin is not None:
+            twin.set_ylabel(right)
+            twin.legend(loc="upper right")
+    axes[-2].plot(x, timing, "b-", label="epoch duration [s]", lw=2)
+    axes[-2].set_ylim(bottom=0)
+    axes[-2].legend(loc="upper right")
+    axes[-1].plot(x, log["lrs"][:n], "b-", label="learning rate", lw=2)
+    axes[-1].set_xlabel("epoch")
+    axes[-1].legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_folder, "progress.png"))
+    plt.close(fig)
 
 
 class ContrastiveLocalLogger(LocalLogger):
+    """Pretraining: total / coarse / fine InfoNCE (train, val), alignment and uniformity."""
+
+    KEYS = ("train_losses", "val_losses", "lrs", "epoch_start_timestamps", "epoch_end_timestamps",
+            "train_global_loss", "train_local_loss", "val_global_loss", "val_local_loss", "alignment", "uniformity")
+    PANELS = [
+        ("InfoNCE", "", [Curve("train_losses", "loss train", "b-"), Curve("val_losses", "loss val", "r-"),
+                         Curve("train_global_loss", "coarse train", "b--"),
+                         Curve("val_global_loss", "coarse val", "r--"),
+                         Curve("train_local_loss", "fine train", "b:"), Curve("val_local_loss", "fine val", "r:")]),
+        ("alignment (lower: positives closer)", "uniformity (0 = collapsed)",
+         [Curve("alignment", "alignment", "g-"), Curve("uniformity", "uniformity", "m-", right_axis=True)]),
+    ]
+
     def __init__(self, verbose: bool = False) -> None:
         super().__init__(verbose)
-        self.my_fantastic_logging = {k: [] for k in CONTRASTIVE_KEYS}
+        self.my_fantastic_logging = {k: [] for k in self.KEYS}
 
     def plot_progress_png(self, output_folder: str) -> None:
-        log = self.my_fantastic_logging
-        n = min(len(v) for v in log.values())
-        if n == 0:
-            return
-        x = list(range(n))
-        fig, axes = plt.subplots(4, 1, figsize=(12, 18))
-        ax = axes[0]
-        ax.plot(x, log["train_losses"][:n], "b-", label="loss train", lw=2)
-        ax.plot(x, log["val_losses"][:n], "r-", label="loss val", lw=2)
-        for key, style in (("train_global_loss", "b--"), ("val_global_loss", "r--"),
-                           ("train_local_loss", "b:"), ("val_local_loss", "r:")):
-            if any(v == v for v in log[key][:n]):  # skip a grain that is switched off (NaN)
-                ax.plot(x, log[key][:n], style, label=key.replace("_", " "), lw=1.5)
-        ax.set_ylabel("InfoNCE")
-        ax.legend(loc="upper right")
-        ax = axes[1]
-        ax.plot(x, log["alignment"][:n], "g-", label="alignment (lower: positives closer)", lw=2)
-        ax2 = ax.twinx()
-        ax2.plot(x, log["uniformity"][:n], "m-", label="uniformity (0 = collapsed)", lw=2)
-        ax.set_ylabel("alignment")
-        ax2.set_ylabel("uniformity")
-        ax.legend(loc="upper left")
-        ax2.legend(loc="upper right")
-        ax = axes[2]
-        ax.plot(x, [e - s for e, s in zip(log["epoch_end_timestamps"][:n], log["epoch_start_timestamps"][:n])],
-                "b-", label="epoch duration [s]", lw=2)
-        ax.set_ylim(bottom=0)
-        ax.legend(loc="upper right")
-        ax = axes[3]
-        ax.plot(x, log["lrs"][:n], "b-", label="learning rate", lw=2)
-        ax.set_xlabel("epoch")
-        ax.legend(loc="upper right")
-        fig.tight_layout()
-        fig.savefig(os.path.join(output_folder, "progress.png"))
-        plt.close(fig)
+        _plot(self.my_fantastic_logging, self.PANELS, output_folder)
+
+
+class MultiTaskLocalLogger(LocalLogger):
+    """Fine-tuning: nnU-Net's keys plus classification loss and validation AUC."""
+
+    EXTRA_KEYS = ("train_seg_loss", "train_cls_loss", "val_cls_loss", "val_auc", "ema_auc")
+    PANELS = [
+        ("loss", "pseudo-Dice / AUC", [
+            Curve("train_losses", "loss train", "b-"), Curve("val_losses", "loss val", "r-"),
+            Curve("train_cls_loss", "classification loss train", "b:"),
+            Curve("val_cls_loss", "classification loss val", "r:"),
+            Curve("mean_fg_dice", "pseudo dice", "g:", True), Curve("ema_fg_dice", "pseudo dice (mov. avg.)", "g-", True),
+            Curve("val_auc", "AUC", "m:", True), Curve("ema_auc", "AUC (mov. avg.)", "m-", True)]),
+    ]
+
+    def __init__(self, verbose: bool = False) -> None:
+        super().__init__(verbose)
+        self.my_fantastic_logging.update({k: [] for k in self.EXTRA_KEYS})
+
+    def plot_progress_png(self, output_folder: str) -> None:
+        _plot(self.my_fantastic_logging, self.PANELS, output_folder)

@@ -17,6 +17,13 @@ Keys used so far:
 
 ``pretrain``
     Contrastive pretraining (:class:`PretrainSettings`).
+
+``finetune``
+    Multi-task fine-tuning (:class:`FinetuneSettings`).
+
+``classifier``
+    Written by the fine-tuning trainers into their plans copy (``num_classes``, ``num_modalities``):
+    the classification head's shape, which ``build_network_architecture`` needs at inference.
 """
 from __future__ import annotations
 
@@ -127,3 +134,60 @@ def pretrain_settings(configuration: Mapping[str, Any], **overrides: Any) -> Pre
         if key in raw:
             raw[key] = tuple(int(i) for i in raw[key])
     return PretrainSettings(**raw)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """``mgcl.finetune``: multi-task fine-tuning (segmentation + case-level classification).
+
+    - ``classifier`` "mrff" (DESIGN.md's multi-modal region-related feature fusion) or "pooled" (global
+      average pool of the bottleneck + MLP, the ``_noMRFF`` ablation).
+    - ``cls_weight`` 0.5: weight of the classification loss added to nnU-Net's Dice + CE (our choice:
+      enough to train the head, small next to the segmentation loss so that segmentation stays
+      nnU-Net's).
+    - ``modality_features`` 8, ``token_dim`` 64, ``attention_heads`` 4: sizes of the MRFF module.
+    - ``ring_width`` 2 voxels: the ring around the predicted lesion (DWI-FLAIR mismatch is read against
+      the tissue right around the lesion).
+    - ``selection_dice_weight`` 0.5: the best checkpoint maximises
+      ``w * EMA(pseudo-Dice) + (1 - w) * EMA(validation AUC)``.
+    - ``initial_lr`` null: nnU-Net's 1e-2 (SGD, poly), as for supervised training.
+    """
+
+    classifier: str = "mrff"
+    cls_weight: float = 0.5
+    modality_features: int = 8
+    token_dim: int = 64
+    attention_heads: int = 4
+    ring_width: int = 2
+    selection_dice_weight: float = 0.5
+    initial_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.classifier not in ("mrff", "pooled"):
+            raise ValueError(f"mgcl.finetune.classifier must be 'mrff' or 'pooled', got {self.classifier!r}")
+        if self.cls_weight < 0 or not 0 <= self.selection_dice_weight <= 1:
+            raise ValueError("mgcl.finetune.cls_weight must be >= 0 and selection_dice_weight in [0, 1]")
+        if self.token_dim % self.attention_heads:
+            raise ValueError("mgcl.finetune.token_dim must be divisible by attention_heads")
+
+
+def finetune_settings(configuration: Mapping[str, Any], **overrides: Any) -> FinetuneSettings:
+    """The ``mgcl.finetune`` block with defaults; ``overrides`` (a trainer variant's) win over plans."""
+    raw = dict(mgcl_block(configuration).get("finetune", {}))
+    known = {f.name for f in fields(FinetuneSettings)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"unknown keys in plans setting {PLANS_KEY}.finetune: {sorted(unknown)}; allowed: "
+                         f"{sorted(known)}")
+    raw.update(overrides)
+    return FinetuneSettings(**raw)
+
+
+def classifier_shape(configuration: Mapping[str, Any]) -> tuple[int, int]:
+    """(number of case-label classes, number of modalities) that a fine-tuning trainer recorded in
+    ``mgcl.classifier`` of its plans copy, so that the network can be rebuilt at inference."""
+    block = mgcl_block(configuration).get("classifier")
+    if not block:
+        raise ValueError(f"plans setting {PLANS_KEY}.classifier is missing: these plans were not written by a "
+                         "fine-tuning trainer of nnunet-mgcl")
+    return int(block["num_classes"]), int(block["num_modalities"])

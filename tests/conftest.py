@@ -9,7 +9,7 @@ import pytest
 # make tests/helpers.py importable as `helpers` whatever pytest's import mode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import clean_env, run, script  # noqa: E402
+from helpers import clean_env, run, script, train  # noqa: E402
 
 TINY_ID = 991
 
@@ -32,3 +32,14 @@ def tiny_dataset(tmp_path_factory):
     run([mgcl, "small-plans", "-d", str(TINY_ID), "--epochs", "1", "--iterations", "2", "--val-iterations", "1"],
         env=env)
     return {"env": env, "root": root, "id": TINY_ID, "name": f"Dataset{TINY_ID}_Tiny"}
+
+
+PRETRAIN_RESULTS = "nnUNetTrainerMGCLPretrain__nnUNetSmallPlans__3d_fullres"
+
+
+@pytest.fixture(scope="session")
+def pretrained(tiny_dataset):
+    """MGCL pretraining (1 epoch of 2 iterations) on the tiny dataset: (dataset, fold folder, process)."""
+    proc = train(tiny_dataset, "all", "-tr", "nnUNetTrainerMGCLPretrain")
+    fold = Path(tiny_dataset["env"]["nnUNet_results"]) / tiny_dataset["name"] / PRETRAIN_RESULTS / "fold_all"
+    return tiny_dataset, fold, proc

@@ -1,10 +1,12 @@
 """End to end on CPU with the real nnU-Net: the demo chain, then plain nnUNetv2_* after `eval "$(nnunet-mgcl env)"`.
 
-A tiny phantom (6 training + 2 test cases at 4 mm), a small plans variant, 2 epochs of 2 iterations.
+A tiny phantom (6 training, 2 unlabeled, 2 test cases at 4 mm), a small plans variant, 1 pretraining
+epoch and 2 fine-tuning epochs of 2 iterations.
 """
 from __future__ import annotations
 
 import json
+import math
 import shlex
 
 import numpy as np
@@ -14,35 +16,43 @@ import torch
 from helpers import clean_env, run, script
 
 DATASET = "Dataset990_MMISPhantom"
-RESULTS = "nnUNetTrainerPlansBudget__nnUNetSmallPlans__3d_fullres"
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     # no nnUNet_* variables at all: the demo must set its folders and nnUNet_extTrainer itself
-    proc = run([script("nnunet-mgcl"), "demo", "-o", str(out), "-device", "cpu", "--cases", "6",
-                "--test-cases", "2", "--epochs", "2", "--iterations", "2"], env=clean_env(), timeout=1500)
+    proc = run([script("nnunet-mgcl"), "demo", "-o", str(out), "-device", "cpu", "--cases", "6", "--unlabeled", "2",
+                "--test-cases", "2", "--epochs", "2", "--pretrain-epochs", "1", "--iterations", "2"],
+               env=clean_env(), timeout=1500)
     return out, proc
 
 
-def test_demo_reports_dice_on_held_out_cases(demo):
+def test_demo_reports_dice_and_tss_on_held_out_cases(demo):
     out, proc = demo
     summary = json.loads((out / "demo_summary.json").read_text())
     assert len(summary["test_dice"]) == 2
     assert all(0.0 <= d <= 1.0 for d in summary["test_dice"].values())
     assert summary["mean_test_dice"] == pytest.approx(np.mean(list(summary["test_dice"].values())))
+    assert summary["tss_auc"] is None or math.isnan(summary["tss_auc"]) or 0 <= summary["tss_auc"] <= 1
     assert 0.0 <= summary["validation_dice"] <= 1.0  # nnU-Net's own summary.json of fold 0
-    assert "mean (test)" in proc.stdout
+    assert "mean Dice (test)" in proc.stdout and "TSS AUC (test)" in proc.stdout
+    assert set(summary["seconds"]) >= {"phantom", "convert", "plan_and_preprocess", "split", "pretrain", "finetune",
+                                       "predict", "evaluate"}
+    assert "Using trainer 'nnUNetTrainerMGCLPretrain'" in (out / "logs" / "pretrain.log").read_text()
+    assert "nnUNetTrainerMGCLPretrain__nnUNetSmallPlans__3d_fullres/fold_all/checkpoint_final.pth: " in \
+        (out / "logs" / "finetune.log").read_text()  # fine-tuning found the pretraining checkpoint
+    predictions = json.loads((out / "predictions" / "predictions.json").read_text())
     for case in summary["test_dice"]:
         assert (out / "predictions" / f"{case}.nii.gz").is_file()
+        assert len(predictions["cases"][case]["probabilities"]) == 2
 
 
 def test_training_ran_the_budget_from_the_plans(demo):
     out, _ = demo
-    ckpt = torch.load(out / "nnUNet_results" / DATASET / RESULTS / "fold_0" / "checkpoint_final.pth",
-                      map_location="cpu", weights_only=False)
-    assert ckpt["trainer_name"] == "nnUNetTrainerPlansBudget"
+    fold = out / "nnUNet_results" / DATASET / "nnUNetTrainerMGCL__nnUNetSmallPlans__3d_fullres" / "fold_0"
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == "nnUNetTrainerMGCL"
     assert ckpt["current_epoch"] == 2
     assert len(ckpt["logging"]["train_losses"]) == 2
     assert ckpt["network_weights"]["encoder.stages.0.0.convs.0.conv.weight"].shape[0] == 16  # small plans
@@ -62,7 +72,8 @@ def test_plain_nnunet_commands_find_our_trainer_after_eval_of_env(demo, tmp_path
     ])
     proc = run(cmd, env=env, shell=True, timeout=1200)
     assert "Using trainer 'nnUNetTrainerPlansBudget' from:" in proc.stdout
-    assert (out / "nnUNet_results" / DATASET / RESULTS / "fold_1" / "checkpoint_final.pth").is_file()
+    fold = out / "nnUNet_results" / DATASET / "nnUNetTrainerPlansBudget__nnUNetSmallPlans__3d_fullres" / "fold_1"
+    assert (fold / "checkpoint_final.pth").is_file()
     for image in sorted(images.glob("*_0000.nii.gz")):
         case = image.name[: -len("_0000.nii.gz")]
         seg, img = sitk.ReadImage(str(pred / f"{case}.nii.gz")), sitk.ReadImage(str(image))

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run, script
+from helpers import train as _train
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_mgcl.discovery import ensure_ext_trainer_env
 from nnunet_mgcl.settings import PretrainSettings
 from nnunet_mgcl.trainers import (
     nnUNetTrainerMGCLPretrain,
@@ -21,24 +20,9 @@ from nnunet_mgcl.trainers import (
 )
 from nnunet_mgcl.trainers.mgcl_pretrain import TRANSFER_KEY, collapse_reason
 
-RESULTS = "nnUNetTrainerMGCLPretrain__nnUNetSmallPlans__3d_fullres"
-
-
-def _train(tiny, *args, timeout=900):
-    env = ensure_ext_trainer_env(dict(tiny["env"]))
-    return run([script("nnUNetv2_train"), str(tiny["id"]), "3d_fullres", *args, "-p", "nnUNetSmallPlans",
-                "-device", "cpu"], env=env, timeout=timeout)
-
 
 def _plans_path(tiny) -> Path:
     return Path(tiny["env"]["nnUNet_preprocessed"]) / tiny["name"] / "nnUNetSmallPlans.json"
-
-
-@pytest.fixture(scope="module")
-def pretrained(tiny_dataset):
-    proc = _train(tiny_dataset, "all", "-tr", "nnUNetTrainerMGCLPretrain")
-    fold = Path(tiny_dataset["env"]["nnUNet_results"]) / tiny_dataset["name"] / RESULTS / "fold_all"
-    return tiny_dataset, fold, proc
 
 
 def test_pretraining_writes_checkpoint_progress_and_summary(pretrained):

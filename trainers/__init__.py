@@ -3,6 +3,7 @@
 Every class listed in ``__all__`` is found by ``nnUNetv2_train -tr NAME`` once ``nnUNet_extTrainer``
 names our shim folder (``eval "$(nnunet-mgcl env)"``).
 """
+from nnunet_mgcl.trainers.mgcl import nnUNetTrainerMGCL, nnUNetTrainerMGCL_noMRFF
 from nnunet_mgcl.trainers.mgcl_pretrain import (
     nnUNetTrainerMGCLPretrain,
     nnUNetTrainerMGCLPretrain_coarse,
@@ -15,4 +16,6 @@ __all__ = [
     "nnUNetTrainerMGCLPretrain",
     "nnUNetTrainerMGCLPretrain_coarse",
     "nnUNetTrainerMGCLPretrain_fine",
+    "nnUNetTrainerMGCL",
+    "nnUNetTrainerMGCL_noMRFF",
 ]

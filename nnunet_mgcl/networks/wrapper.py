@@ -48,6 +48,10 @@ class FeatureUNet(nn.Module):
         return [ch[-(s + 2)] for s in range(len(self.decoder.stages))]
 
     @property
+    def conv_op(self) -> type[nn.Module]:
+        return self.encoder.conv_op
+
+    @property
     def encoder_scales(self) -> list[list[int]]:
         """Downsampling factor per axis of each encoder stage's output."""
         return stage_scales(self.encoder.strides)

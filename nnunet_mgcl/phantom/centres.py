@@ -3,7 +3,8 @@
 Each centre has its own slice thickness (a multiple of the requested in-plane spacing), intensity scale
 per modality (arbitrary scanner units for DWI and FLAIR; small calibration differences for the
 quantitative ADC and Tmax maps), bias-field strength and noise level. All values are our choice,
-spread like a mix of 1.5 T and 3 T scanners. A case's centre is drawn uniformly, independently of TSS.
+spread like a mix of 1.5 T and 3 T scanners. Bias fields are those left after the scanner's own
+intensity normalisation: a few percent (log-std 0.04-0.10) across the field of view. A case's centre is drawn uniformly, independently of TSS.
 """
 from __future__ import annotations
 
@@ -35,13 +36,13 @@ class Centre:
 
 CENTRES: tuple[Centre, ...] = (
     Centre("C1", 3.0, 1.0, {"DWI": 1200.0, "FLAIR": 900.0, "ADC": 1.00, "PWI": 1.00},
-           {"DWI": 0.10, "FLAIR": 0.08}, {"DWI": 0.05, "FLAIR": 0.03, "ADC": 40.0, "PWI": 0.4}, 0.78),
+           {"DWI": 0.05, "FLAIR": 0.04}, {"DWI": 0.05, "FLAIR": 0.03, "ADC": 40.0, "PWI": 0.4}, 0.78),
     Centre("C2", 1.5, 1.5, {"DWI": 600.0, "FLAIR": 450.0, "ADC": 1.04, "PWI": 1.10},
-           {"DWI": 0.20, "FLAIR": 0.15}, {"DWI": 0.08, "FLAIR": 0.05, "ADC": 60.0, "PWI": 0.6}, 0.84),
+           {"DWI": 0.10, "FLAIR": 0.08}, {"DWI": 0.08, "FLAIR": 0.05, "ADC": 60.0, "PWI": 0.6}, 0.84),
     Centre("C3", 3.0, 1.25, {"DWI": 2000.0, "FLAIR": 1500.0, "ADC": 0.97, "PWI": 0.92},
-           {"DWI": 0.15, "FLAIR": 0.12}, {"DWI": 0.06, "FLAIR": 0.035, "ADC": 50.0, "PWI": 0.5}, 0.75),
+           {"DWI": 0.08, "FLAIR": 0.06}, {"DWI": 0.06, "FLAIR": 0.035, "ADC": 50.0, "PWI": 0.5}, 0.75),
     Centre("C4", 1.5, 1.5, {"DWI": 350.0, "FLAIR": 700.0, "ADC": 1.02, "PWI": 1.05},
-           {"DWI": 0.18, "FLAIR": 0.10}, {"DWI": 0.07, "FLAIR": 0.045, "ADC": 55.0, "PWI": 0.7}, 0.80),
+           {"DWI": 0.09, "FLAIR": 0.05}, {"DWI": 0.07, "FLAIR": 0.045, "ADC": 55.0, "PWI": 0.7}, 0.80),
 )
 
 

@@ -24,15 +24,22 @@ TSS_RANGE_MIN = (30.0, 1440.0)
 #: Relative FLAIR increase above which a voxel counts as FLAIR-visible (FLAIR_mask). Our choice, in the
 #: range of relative-signal cut-offs reported for visual FLAIR positivity (~1.05-1.15).
 FLAIR_VISIBLE_DELTA = 0.10
-#: Spread (log-minutes) of the per-case FLAIR half-rise time around 4.5 h; median and log-spread of the
+#: Median and spread (log-minutes) of the per-case FLAIR half-rise time; median and log-spread of the
 #: late FLAIR increase (some lesions stay faint on FLAIR even late); width of the sigmoid (log-minutes);
-#: per-lesion spread. Our choice, tuned so that the oracle feature (mean FLAIR in the true lesion / mean
-#: FLAIR in healthy brain) separates the two TSS classes with ROC AUC about 0.8, and so that "any
-#: FLAIR-visible voxel" calls onset >= 4.5 h with a sensitivity / specificity near the clinic's
-#: (tests/test_phantom_signal.py measures the AUC).
-FLAIR_T50_LOG_SD = 0.6
+#: per-lesion spread. Our choice, tuned at 4 mm (1200 cases, 4 seeds) so that:
+#:
+#: - the oracle feature (mean FLAIR in the true lesion / mean FLAIR in healthy brain) separates the TSS
+#:   classes with ROC AUC ~0.81 (0.78-0.85 per 300 cases); image effects (bias field, partial volume,
+#:   GM/WM composition, noise) take it down from the noise-free lesion FLAIR increase, itself ~0.87:
+#:   the classes overlap biologically, so no reader of the images can reach AUC 1;
+#: - the mismatch rule "FLAIR_mask empty => onset < 4.5 h" has sensitivity 0.71-0.81 and specificity
+#:   0.83-0.90, somewhat better than the clinic's visual reading (62 % / 78 %), as a noise-free mask is.
+#:
+#: tests/test_phantom_signal.py measures these AUCs.
+FLAIR_T50_MEDIAN_MIN = 200.0
+FLAIR_T50_LOG_SD = 0.8
 FLAIR_AMPLITUDE_MEDIAN = 0.22
-FLAIR_AMPLITUDE_LOG_SD = 0.6
+FLAIR_AMPLITUDE_LOG_SD = 0.7
 FLAIR_WIDTH_LOG = 0.35
 FLAIR_LESION_LOG_SD = 0.15
 #: Relative increase of the DWI lesion ratio late after onset (T2 contribution; our choice, weak).
@@ -86,18 +93,22 @@ def draw_tss_min(rng: np.random.Generator) -> int:
 
 #: Log-spread of the penumbra size around its median (our choice: wide, perfusion deficits depend on
 #: collaterals far more than on time).
-MISMATCH_LOG_SD = 0.8
+MISMATCH_LOG_SD = 1.0
 
 
 def median_mismatch_excess(tss_min: float) -> float:
-    """Median (deficit - core) / core volume at a TSS: ~1.2 at 1 h, ~0.9 at 4.5 h, ~0.35 at 24 h (our choice)."""
-    return 1.0 * float(np.exp(-tss_min / 480.0)) + 0.3
+    """Median (deficit - core) / core volume at a TSS: ~1.1 at 1 h, ~0.85 at 4.5 h, ~0.4 at 24 h (our choice).
+
+    A weak trend under a wide spread (:data:`MISMATCH_LOG_SD`): perfusion-diffusion mismatch shrinks
+    with time on average, but collaterals and recanalisation matter more than the clock.
+    """
+    return 0.8 * float(np.exp(-tss_min / 480.0)) + 0.4
 
 
 def draw_timecourse(rng: np.random.Generator) -> TimeCourse:
     """Draw TSS and the case's evolution parameters (FLAIR half-rise time, amplitude, penumbra size)."""
     tss = draw_tss_min(rng)
-    t50 = TSS_THRESHOLD_MIN * float(np.exp(rng.normal(0.0, FLAIR_T50_LOG_SD)))
+    t50 = FLAIR_T50_MEDIAN_MIN * float(np.exp(rng.normal(0.0, FLAIR_T50_LOG_SD)))
     amplitude = float(np.clip(FLAIR_AMPLITUDE_MEDIAN * np.exp(rng.normal(0.0, FLAIR_AMPLITUDE_LOG_SD)), 0.02, 0.8))
     excess = median_mismatch_excess(tss) * float(np.exp(rng.normal(0.0, MISMATCH_LOG_SD)))
     return TimeCourse(tss_min=tss, flair_t50_min=t50, flair_amplitude=amplitude, mismatch_excess=excess)

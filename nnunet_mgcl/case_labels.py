@@ -1,0 +1,57 @@
+"""Case-level labels (time since onset class, total CSVD score, ...) as our trainers read them.
+
+They travel in ``dataset.json["case_labels"]`` (:mod:`nnunet_mgcl.conventions`), which nnU-Net copies
+to the preprocessed and results folders, so a trainer reads them from its own ``dataset_json``.
+``null`` means unknown: such a case is masked out of the classification loss and metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from nnunet_mgcl.conventions import CASE_LABELS_KEY
+
+UNKNOWN = -1
+
+
+@dataclass(frozen=True)
+class CaseLabels:
+    name: str
+    classes: dict[int, str]
+    values: dict[str, int | None]
+
+    @classmethod
+    def from_dataset_json(cls, dataset_json: Mapping) -> "CaseLabels | None":
+        block = dataset_json.get(CASE_LABELS_KEY)
+        if not block:
+            return None
+        classes = {int(k): str(v) for k, v in block["classes"].items()}
+        if sorted(classes) != list(range(len(classes))) or len(classes) < 2:
+            raise ValueError(f"{CASE_LABELS_KEY}.classes must be numbered 0..K-1 with K >= 2, got {sorted(classes)}")
+        values = {str(k): (None if v is None else int(v)) for k, v in block["values"].items()}
+        bad = {k: v for k, v in values.items() if v is not None and v not in classes}
+        if bad:
+            raise ValueError(f"{CASE_LABELS_KEY}.values outside the classes {sorted(classes)}: {dict(list(bad.items())[:5])}")
+        return cls(name=str(block.get("name", "case_label")), classes=classes, values=values)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def targets(self, keys: Iterable[str]) -> np.ndarray:
+        """Integer targets for case ids, :data:`UNKNOWN` (-1) where the label is null or absent."""
+        return np.array([UNKNOWN if self.values.get(str(k)) is None else self.values[str(k)] for k in keys],
+                        dtype=np.int64)
+
+    def class_weights(self, keys: Iterable[str]) -> np.ndarray:
+        """Balanced class weights n / (K * n_k) over the labeled cases among ``keys`` (scikit-learn's
+        'balanced' rule); a class absent from ``keys`` gets weight 1."""
+        t = self.targets(keys)
+        t = t[t != UNKNOWN]
+        counts = np.bincount(t, minlength=self.num_classes).astype(np.float64)
+        weights = np.ones(self.num_classes)
+        present = counts > 0
+        weights[present] = len(t) / (present.sum() * counts[present])
+        return weights

@@ -1,0 +1,336 @@
+"""Case-level classification metrics (TSS class, CSVD score, ...) from ``predictions.json``.
+
+Inputs:
+
+* **case labels** -- either a ``dataset.json`` with ``case_labels`` (see
+  :mod:`nnunet_mgcl.conventions`; its ``values`` are used, its ``classes`` name the classes), or a JSON
+  object ``{case_id: label}``. A label is a class index ``0..K-1`` or ``null`` (unknown).
+* **predictions** -- ``predictions.json`` as written by ``nnunet-mgcl predict``:
+  ``{"cases": {case_id: {"probabilities": [p0, ..., pK-1], "predicted_class": k, ...}}}``.
+
+Metrics and conventions (*our choice* where marked):
+
+* **AUC** -- area under the ROC curve, computed as the Mann-Whitney U statistic with mid-ranks for
+  ties (equal to the trapezoidal ROC area). Binary: the score is ``probabilities[1]`` (positive class =
+  1). Multi-class: macro average of one-vs-rest AUCs, class ``k`` scored by ``probabilities[k]``
+  (sklearn ``roc_auc_score(multi_class="ovr", average="macro")``); *our choice*: a class absent from
+  the evaluated labels (or the only one present) has no AUC and is left out of the average. NaN
+  when no class has one.
+* **accuracy** -- fraction of cases with ``predicted_class == label`` (``predicted_class`` as written
+  by the predictor, not re-derived from the probabilities).
+* **sensitivity / specificity** -- binary tasks only, positive class = 1 (*our choice*; for TSS,
+  class 1 = "TSS >= 4.5 h"): ``TP / (TP + FN)`` and ``TN / (TN + FP)``; NaN when no case is positive
+  (negative). Not reported (None) for more than two classes; the confusion matrix is.
+* **ECE** -- expected calibration error (Guo et al., ICML 2017) over 10 equal-width bins of the
+  confidence = predicted probability of the predicted class (*our choice* of bins and confidence):
+  bin ``b`` holds confidences in ``((b-1)/10, b/10]`` (0 goes to the first bin),
+  ``ECE = sum_b |B_b| / n * |accuracy(B_b) - mean confidence(B_b)|``.
+* **reliability diagram** -- accuracy per bin against the bin's mean confidence (bars on the
+  equal-width bins, the diagonal is perfect calibration), with the bin counts below.
+
+Cases whose label is ``null``, or who have no entry in the labels file, are excluded and counted.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+from nnunet_mgcl.conventions import CASE_LABELS_KEY
+from nnunet_mgcl.errors import InputError
+
+N_BINS = 10
+POSITIVE_CLASS = 1
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CaseLabels:
+    """Case-level labels read from a file: ``values`` = {case: class index or None}."""
+
+    values: dict[str, int | None]
+    classes: dict[str, str] | None
+    name: str | None
+    file: Path
+
+
+@dataclass(frozen=True)
+class CasePrediction:
+    probabilities: np.ndarray
+    predicted_class: int
+
+
+def _load_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise InputError(f"{what} file does not exist", file=path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{what} file is not valid JSON ({e})", file=path) from e
+
+
+def _as_class_index(value: Any, case: str, path: Path, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{what} must be an integer class index, got {value!r}", case=case, file=path)
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise InputError(f"{what} must be an integer class index, got {value!r}", case=case, file=path)
+    if value < 0:
+        raise InputError(f"{what} must be >= 0, got {value!r}", case=case, file=path)
+    return int(value)
+
+
+def read_case_labels(path: str | Path) -> CaseLabels:
+    """Case labels from a ``dataset.json`` (``case_labels.values``) or a ``{case_id: label}`` JSON."""
+    path = Path(path)
+    data = _load_json(path, "case-labels")
+    if not isinstance(data, dict):
+        raise InputError("case-labels file must hold a JSON object", file=path)
+    classes = name = None
+    if CASE_LABELS_KEY in data:
+        block = data[CASE_LABELS_KEY]
+        if not isinstance(block, dict) or not isinstance(block.get("values"), dict):
+            raise InputError(f"'{CASE_LABELS_KEY}' must be an object with a 'values' object", file=path)
+        raw = block["values"]
+        classes = block.get("classes") or None
+        name = block.get("name")
+    elif "channel_names" in data or "file_ending" in data:
+        raise InputError(f"this dataset.json has no '{CASE_LABELS_KEY}' block: its dataset has no case "
+                         "labels", file=path)
+    else:
+        raw = data
+    values = {str(case): None if v is None else _as_class_index(v, str(case), path, "case label")
+              for case, v in raw.items()}
+    return CaseLabels(values=values, classes=dict(classes) if classes else None, name=name, file=path)
+
+
+def read_predictions(path: str | Path) -> dict[str, CasePrediction]:
+    """``predictions.json`` of ``nnunet-mgcl predict``: ``{case: CasePrediction}``; every case must have
+    ``probabilities`` (K >= 2 numbers in [0, 1], the same K for all cases) and ``predicted_class``."""
+    path = Path(path)
+    data = _load_json(path, "predictions")
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
+        raise InputError("predictions file must hold {\"cases\": {case_id: {...}}}", file=path)
+    out: dict[str, CasePrediction] = {}
+    n_classes = None
+    for case, entry in data["cases"].items():
+        if not isinstance(entry, dict) or "probabilities" not in entry or "predicted_class" not in entry:
+            raise InputError("prediction entry needs 'probabilities' and 'predicted_class'", case=case, file=path)
+        probs = entry["probabilities"]
+        if (not isinstance(probs, list) or len(probs) < 2
+                or not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in probs)):
+            raise InputError(f"'probabilities' must be a list of at least 2 numbers, got {probs!r}",
+                             case=case, file=path)
+        p = np.asarray(probs, dtype=np.float64)
+        if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+            raise InputError(f"'probabilities' must lie in [0, 1], got {probs!r}", case=case, file=path)
+        if n_classes is None:
+            n_classes = p.size
+        elif p.size != n_classes:
+            raise InputError(f"{p.size} probabilities, other cases have {n_classes}", case=case, file=path)
+        k = _as_class_index(entry["predicted_class"], case, path, "'predicted_class'")
+        if k >= p.size:
+            raise InputError(f"'predicted_class' {k} out of range for {p.size} classes", case=case, file=path)
+        out[str(case)] = CasePrediction(probabilities=p, predicted_class=k)
+    return out
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+def roc_auc(y_true: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """Binary ROC AUC = Mann-Whitney U / (n_pos n_neg) with mid-ranks for ties; NaN unless both classes
+    are present. ``y_true`` is 1 for positives."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(s)  # average ranks for ties
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_auc_ovr(y_true: Sequence[int] | np.ndarray,
+                probabilities: np.ndarray) -> tuple[float, list[float | None]]:
+    """Macro one-vs-rest AUC and the per-class AUCs (None for a class absent from ``y_true`` or the only
+    one present; those are left out of the macro average)."""
+    y = np.asarray(y_true)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    per_class: list[float | None] = []
+    for k in range(probs.shape[1]):
+        a = roc_auc(y == k, probs[:, k])
+        per_class.append(None if math.isnan(a) else a)
+    defined = [a for a in per_class if a is not None]
+    return (float(np.mean(defined)) if defined else math.nan), per_class
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
+    """``C[i, j]`` = number of cases of class ``i`` predicted as ``j`` (sklearn's layout)."""
+    c = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(c, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return c
+
+
+def sensitivity_specificity(y_true: Sequence[int], y_pred: Sequence[int],
+                            positive: int = POSITIVE_CLASS) -> tuple[float, float]:
+    """Binary sensitivity ``TP/(TP+FN)`` and specificity ``TN/(TN+FP)``, positive class ``positive``;
+    NaN where the denominator is 0."""
+    y, p = np.asarray(y_true) == positive, np.asarray(y_pred) == positive
+    tp, fn = int((y & p).sum()), int((y & ~p).sum())
+    tn, fp = int((~y & ~p).sum()), int((~y & p).sum())
+    sens = tp / (tp + fn) if tp + fn else math.nan
+    spec = tn / (tn + fp) if tn + fp else math.nan
+    return sens, spec
+
+
+def calibration_bins(y_true: Sequence[int], probabilities: np.ndarray,
+                     predicted_class: Sequence[int] | None = None, n_bins: int = N_BINS) -> list[dict]:
+    """Per equal-width confidence bin ``((b-1)/n, b/n]``: ``lower``, ``upper``, ``count``, ``accuracy``
+    and mean ``confidence`` (None for an empty bin). Confidence = probability of the predicted class
+    (``predicted_class``, default the argmax)."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    pred = probs.argmax(axis=1) if predicted_class is None else np.asarray(predicted_class, dtype=np.int64)
+    conf = probs[np.arange(len(pred)), pred] if len(pred) else np.zeros(0)
+    correct = pred == y
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges[1:-1], conf, side="left"), 0, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        sel = idx == b
+        n = int(sel.sum())
+        bins.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": n,
+                     "accuracy": float(correct[sel].mean()) if n else None,
+                     "confidence": float(conf[sel].mean()) if n else None})
+    return bins
+
+
+def expected_calibration_error(y_true: Sequence[int], probabilities: np.ndarray,
+                               predicted_class: Sequence[int] | None = None, n_bins: int = N_BINS) -> float:
+    """ECE (Guo et al. 2017) on ``n_bins`` equal-width bins of the predicted class's probability (*our
+    choice*, see the module docstring); NaN for no cases."""
+    bins = calibration_bins(y_true, probabilities, predicted_class, n_bins)
+    n = sum(b["count"] for b in bins)
+    if n == 0:
+        return math.nan
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]))
+
+
+def reliability_diagram(bins: list[dict], path: str | Path, title: str = "Reliability diagram") -> Path:
+    """Write a reliability diagram PNG (matplotlib, Agg) of :func:`calibration_bins`' output."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lower = np.array([b["lower"] for b in bins])
+    width = np.array([b["upper"] - b["lower"] for b in bins])
+    acc = np.array([np.nan if b["accuracy"] is None else b["accuracy"] for b in bins])
+    conf = np.array([np.nan if b["confidence"] is None else b["confidence"] for b in bins])
+    counts = np.array([b["count"] for b in bins])
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(lower, np.nan_to_num(acc), width=width, align="edge", edgecolor="k", color="tab:blue",
+           label="accuracy")
+    gap = np.where(np.isnan(acc), 0.0, conf - np.nan_to_num(acc))
+    ax.bar(lower, gap, bottom=np.nan_to_num(acc), width=width, align="edge", edgecolor="tab:red",
+           color="tab:red", alpha=0.3, hatch="//", label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    axc.bar(lower, counts, width=width, align="edge", edgecolor="k", color="0.6")
+    axc.set_xlabel("confidence (probability of the predicted class)")
+    axc.set_ylabel("cases")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray,
+                           predicted_class: Sequence[int], n_bins: int = N_BINS) -> dict[str, Any]:
+    """AUC, accuracy, sensitivity/specificity (binary), ECE, calibration bins and confusion matrix of
+    cases with labels ``y_true`` (see the module docstring for each definition)."""
+    probs = np.asarray(probabilities, dtype=np.float64).reshape(len(y_true), -1)
+    y = np.asarray(y_true, dtype=np.int64)
+    pred = np.asarray(predicted_class, dtype=np.int64)
+    k = probs.shape[1]
+    out: dict[str, Any] = {"n_classes": k, "n_cases": int(y.size)}
+    if k == 2:
+        out["auc"] = roc_auc(y == POSITIVE_CLASS, probs[:, POSITIVE_CLASS])
+        out["auc_per_class"] = None
+        out["sensitivity"], out["specificity"] = sensitivity_specificity(y, pred)
+    else:
+        out["auc"], out["auc_per_class"] = roc_auc_ovr(y, probs)
+        out["sensitivity"] = out["specificity"] = None
+    out["accuracy"] = float((pred == y).mean()) if y.size else math.nan
+    out["ece"] = expected_calibration_error(y, probs, pred, n_bins)
+    out["calibration_bins"] = calibration_bins(y, probs, pred, n_bins)
+    out["confusion_matrix"] = confusion_matrix(y, pred, k).tolist()
+    return out
+
+
+def evaluate_classification(cases: Iterable[str], labels_file: str | Path, predictions_file: str | Path,
+                            reliability_png: str | Path | None = None,
+                            n_bins: int = N_BINS) -> dict[str, Any]:
+    """Classification metrics over ``cases`` (the segmentation reference cases). A case with a null
+    label, or none in the labels file, is excluded and counted; a labelled case without an entry in
+    ``predictions_file`` is an error naming the case and the file."""
+    labels = read_case_labels(labels_file)
+    predictions = read_predictions(predictions_file)
+    predictions_file = Path(predictions_file)
+    used, null_label, no_label = [], [], []
+    for case in cases:
+        if case not in labels.values:
+            no_label.append(case)
+        elif labels.values[case] is None:
+            null_label.append(case)
+        elif case not in predictions:
+            raise InputError(f"no class prediction for this case in {predictions_file.name} (it has a case "
+                             f"label in {labels.file})", case=case, file=predictions_file)
+        else:
+            used.append(case)
+    n_classes = next(iter(predictions.values())).probabilities.size if predictions else None
+    for case in used:
+        if labels.values[case] >= n_classes:
+            raise InputError(f"case label {labels.values[case]} out of range for {n_classes} predicted "
+                             "class probabilities", case=case, file=labels.file)
+    if labels.classes is not None and n_classes is not None and len(labels.classes) != n_classes:
+        raise InputError(f"{len(labels.classes)} classes in the case labels but {n_classes} probabilities "
+                         f"per case in {predictions_file}", file=labels.file)
+    out: dict[str, Any] = {
+        "labels_file": str(labels.file),
+        "predictions_file": str(predictions_file),
+        "label_name": labels.name,
+        "classes": labels.classes,
+        "positive_class": POSITIVE_CLASS if n_classes == 2 else None,
+        "n_excluded_null_label": len(null_label),
+        "n_excluded_no_label": len(no_label),
+        "excluded_cases": sorted(null_label + no_label),
+    }
+    if not used:
+        out.update({"n_cases": 0, "n_classes": n_classes, "auc": math.nan, "accuracy": math.nan,
+                    "sensitivity": None, "specificity": None, "ece": math.nan, "reliability_diagram": None})
+        return out
+    y = [labels.values[c] for c in used]
+    probs = np.stack([predictions[c].probabilities for c in used])
+    pred = [predictions[c].predicted_class for c in used]
+    out.update(classification_metrics(y, probs, pred, n_bins))
+    out["per_case"] = {c: {"label": labels.values[c], "predicted_class": predictions[c].predicted_class,
+                           "probabilities": predictions[c].probabilities.tolist()} for c in used}
+    out["reliability_diagram"] = None
+    if reliability_png is not None:
+        title = f"Reliability ({labels.name}, n={len(used)}, ECE={out['ece']:.3f})" if labels.name else \
+            f"Reliability (n={len(used)}, ECE={out['ece']:.3f})"
+        out["reliability_diagram"] = str(reliability_diagram(out["calibration_bins"], reliability_png, title))
+    return out
+

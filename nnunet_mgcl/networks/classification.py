@@ -1,0 +1,122 @@
+"""Case-level classification heads: MRFF and a plain pooled head.
+
+Both split classification into two steps so that a whole scan can be classified tile by tile, the
+way nnU-Net predicts segmentation with a sliding window:
+
+- :meth:`region_sums` returns *sums* over voxels (features times region weights, and the weights
+  themselves); sums over the tiles (and mirrored copies) of a scan add up;
+- :meth:`fuse` turns the (summed) statistics into class logits.
+
+During training a patch is one tile, so ``fuse(region_sums(...))`` is the whole forward.
+
+**MRFF** (multi-modal region-related feature fusion; DESIGN.md's reading of Sun et al. 2024, the
+details are our choices): a small convolution shared by all modalities (1 input channel ->
+``modality_features``) extracts per-modality features without mixing modalities; they are pooled in
+three regions -- the predicted lesion (soft foreground probability of the segmentation output,
+detached so that classification does not pull on segmentation), a ring around it (its dilation minus
+itself) and the whole brain (non-zero input) -- and form one token per modality (plus a learned
+modality embedding). The U-Net's full-resolution decoder features pooled in the same regions form one
+more token, with the lesion's share of the brain as an extra input. A learned query attends over these
+tokens (multi-head attention), then an MLP gives the logits. The relative lesion signal per modality
+(e.g. FLAIR in the lesion against the ring and brain: the DWI-FLAIR mismatch) is directly available.
+
+**Pooled** (the ``_noMRFF`` ablation): global average of the bottleneck features, then an MLP.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nnunet_mgcl.networks.wrapper import UNetFeatures
+
+EPS = 1e-6
+REGIONS = ("lesion", "ring", "brain")
+
+
+def foreground_probability(seg_logits: torch.Tensor, region_based: bool) -> torch.Tensor:
+    """(B, 1, *S) probability of any foreground, from nnU-Net's segmentation logits."""
+    if region_based:  # nnU-Net regions: sigmoid per region, the first region is the largest
+        return torch.sigmoid(seg_logits[:, :1].float())
+    return 1.0 - torch.softmax(seg_logits.float(), dim=1)[:, :1]
+
+
+def _spatial_sum(weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """(B, R, *S) x (B, C, *S) -> (B, R, C): sum over voxels of each region's weight times features."""
+    return torch.einsum("brs,bcs->brc", weights.flatten(2), features.flatten(2).to(weights.dtype))
+
+
+class MRFFClassifier(nn.Module):
+    def __init__(self, conv_op: type[nn.Module], num_modalities: int, decoder_channels: int, num_classes: int,
+                 modality_features: int = 8, token_dim: int = 64, attention_heads: int = 4, ring_width: int = 2):
+        super().__init__()
+        self.num_modalities = num_modalities
+        self.ring_width = ring_width
+        self.region_based = False
+        self.modality_encoder = nn.Sequential(
+            conv_op(1, modality_features, 3, padding=1), nn.LeakyReLU(inplace=True),
+            conv_op(modality_features, modality_features, 1))
+        n_regions = len(REGIONS)
+        self.modality_proj = nn.Linear(n_regions * modality_features, token_dim)
+        self.modality_embedding = nn.Parameter(torch.zeros(num_modalities, token_dim))
+        self.decoder_proj = nn.Linear(n_regions * decoder_channels + 1, token_dim)
+        self.query = nn.Parameter(torch.zeros(1, 1, token_dim))
+        self.attention = nn.MultiheadAttention(token_dim, attention_heads, batch_first=True)
+        self.norm = nn.LayerNorm(token_dim)
+        self.mlp = nn.Sequential(nn.Linear(token_dim, token_dim), nn.LeakyReLU(inplace=True),
+                                 nn.Linear(token_dim, num_classes))
+        nn.init.normal_(self.modality_embedding, std=0.02)
+        nn.init.normal_(self.query, std=0.02)
+
+    def region_weights(self, x: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
+        """(B, 3, *S): soft lesion, ring around it, brain."""
+        lesion = foreground_probability(seg_logits.detach(), self.region_based)
+        pool = F.max_pool3d if lesion.dim() == 5 else F.max_pool2d
+        k = 2 * self.ring_width + 1
+        ring = (pool(lesion, k, stride=1, padding=self.ring_width) - lesion).clamp_min(0)
+        brain = (x.detach().abs().sum(1, keepdim=True) > 0).to(lesion.dtype)
+        return torch.cat([lesion, ring, brain], 1)
+
+    def region_sums(self, x: torch.Tensor, seg_logits: torch.Tensor, features: UNetFeatures,
+                    voxel_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        b, m = x.shape[:2]
+        w = self.region_weights(x, seg_logits)
+        if voxel_weight is not None:
+            w = w * voxel_weight.to(w.dtype)
+        per_mod = self.modality_encoder(x.reshape(b * m, 1, *x.shape[2:]))  # (B*M, F, *S)
+        per_mod = per_mod.reshape(b, m * per_mod.shape[1], *x.shape[2:])
+        return {"modality": _spatial_sum(w, per_mod),              # (B, 3, M*F)
+                "decoder": _spatial_sum(w, features.decoder[-1]),  # (B, 3, C)
+                "mass": w.flatten(2).sum(2)}                        # (B, 3)
+
+    def fuse(self, sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        mass = sums["mass"].float()
+        b = mass.shape[0]
+        pooled_mod = sums["modality"].float() / (mass[..., None] + EPS)  # (B, 3, M*F)
+        pooled_mod = pooled_mod.reshape(b, len(REGIONS), self.num_modalities, -1).permute(0, 2, 1, 3).flatten(2)
+        pooled_dec = (sums["decoder"].float() / (mass[..., None] + EPS)).flatten(1)
+        lesion_share = torch.log((mass[:, :1] + 1.0) / (mass[:, 2:3] + 1.0))
+        tokens = torch.cat([self.decoder_proj(torch.cat([pooled_dec, lesion_share], 1))[:, None],
+                            self.modality_proj(pooled_mod) + self.modality_embedding], 1)
+        fused, _ = self.attention(self.query.expand(b, -1, -1), tokens, tokens, need_weights=False)
+        return self.mlp(self.norm(fused[:, 0]))
+
+
+class PooledClassifier(nn.Module):
+    def __init__(self, bottleneck_channels: int, num_classes: int, hidden: int = 64):
+        super().__init__()
+        self.region_based = False
+        self.mlp = nn.Sequential(nn.Linear(bottleneck_channels, hidden), nn.LeakyReLU(inplace=True),
+                                 nn.Linear(hidden, num_classes))
+
+    def region_sums(self, x: torch.Tensor, seg_logits: torch.Tensor, features: UNetFeatures,
+                    voxel_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        f = features.encoder[-1].float()
+        w = torch.ones((f.shape[0], 1, *f.shape[2:]), device=f.device)
+        if voxel_weight is not None:
+            pool = F.adaptive_avg_pool3d if f.dim() == 5 else F.adaptive_avg_pool2d
+            w = w * pool(voxel_weight.float()[None, None], f.shape[2:])
+        return {"bottleneck": _spatial_sum(w, f), "mass": w.flatten(2).sum(2)}
+
+    def fuse(self, sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.mlp(sums["bottleneck"][:, 0].float() / (sums["mass"].float() + EPS))

@@ -1,0 +1,219 @@
+"""``nnunet-mgcl predict``: masks as ``nnUNetv2_predict``, plus class probabilities, a lesion report and QC.
+
+For every case of the input folder (nnU-Net naming, ``CASE_XXXX.nii.gz``):
+
+- the segmentation, written by nnU-Net's own predictor and export with nnU-Net's defaults (tile step
+  0.5, Gaussian weighting, mirroring): the masks are those ``nnUNetv2_predict`` writes for the same model;
+- case-level class probabilities (averaged over mirrors, tiles and folds: :mod:`nnunet_mgcl.inference`)
+  and the predicted class, when the model is a multi-task one (``nnUNetTrainerMGCL``);
+- lesion volume in mL and lesion count (26-connected components) of the predicted mask;
+- a QC PNG (``qc/CASE.png``): each modality through the largest predicted lesion, mask outlined.
+
+Results: ``predictions.json`` and ``predictions.csv`` in the output folder. A case whose input is bad
+(a missing channel file, an unreadable file, channels on different grids) is reported there with the
+reason and left out; the other cases still run, and the command then exits non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import cc3d
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from nnunet_mgcl.case_labels import CaseLabels
+from nnunet_mgcl.discovery import ensure_ext_trainer_env
+from nnunet_mgcl.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def _model_folder(dataset: str, trainer: str, plans: str, configuration: str) -> Path:
+    from nnunetv2.paths import nnUNet_results
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        name = maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as e:
+        raise InputError(str(e)) from e
+    folder = Path(nnUNet_results) / name / f"{trainer}__{plans}__{configuration}"
+    if not folder.is_dir():
+        raise InputError("no trained model here: train it first (nnUNetv2_train)", file=folder)
+    return folder
+
+
+def find_cases(input_dir: Path, n_channels: int, file_ending: str) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """Cases of an nnU-Net input folder: ``{case: channel files}`` and ``{case: reason}`` for bad cases."""
+    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + "$")
+    found: dict[str, dict[int, Path]] = defaultdict(dict)
+    for f in sorted(input_dir.iterdir()):
+        m = pattern.match(f.name)
+        if m:
+            found[m.group(1)][int(m.group(2))] = f
+    if not found:
+        raise InputError(f"no images named CASE_XXXX{file_ending} in the input folder", file=input_dir)
+    good, bad = {}, {}
+    for case, channels in found.items():
+        expected = list(range(n_channels))
+        if sorted(channels) != expected:
+            bad[case] = (f"channels {sorted(channels)} found, the model needs {expected} "
+                         f"({case}_0000{file_ending} ... {case}_{n_channels - 1:04d}{file_ending})")
+            continue
+        files = [channels[c] for c in expected]
+        reason = _check_readable(files)
+        if reason:
+            bad[case] = reason
+        else:
+            good[case] = files
+    return good, bad
+
+
+def _check_readable(files: Sequence[Path]) -> str | None:
+    grids = []
+    for f in files:
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(f))
+            reader.ReadImageInformation()
+            sitk.ReadImage(str(f))  # the header can be fine while the voxel data is truncated
+        except RuntimeError as e:
+            return f"cannot read {f.name}: {str(e).strip().splitlines()[-1]}"
+        if reader.GetDimension() != 3:
+            return f"{f.name} is {reader.GetDimension()}D, expected 3D"
+        grids.append((reader.GetSize(), np.round(reader.GetSpacing(), 4).tolist()))
+    if any(g != grids[0] for g in grids[1:]):
+        return f"channels are on different grids: {[f.name for f in files]}"
+    return None
+
+
+def lesion_report(mask_file: Path) -> dict[str, Any]:
+    image = sitk.ReadImage(str(mask_file))
+    mask = sitk.GetArrayFromImage(image) > 0
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    n = int(cc3d.connected_components(mask.astype(np.uint8), connectivity=26).max()) if mask.any() else 0
+    return {"lesion_volume_ml": round(float(mask.sum()) * voxel_ml, 4), "lesion_count": n}
+
+
+def predict(input_dir: str | Path, output_dir: str | Path, dataset: str, configuration: str,
+            folds: Sequence[str], trainer: str = "nnUNetTrainerMGCL", plans: str = "nnUNetPlans",
+            checkpoint: str = "checkpoint_final.pth", device: str = "cuda", qc: bool = True,
+            num_processes_preprocessing: int = 3, num_processes_export: int = 3, progress: bool = True
+            ) -> dict[str, Any]:
+    """Predict every case of ``input_dir`` into ``output_dir``; return the content of predictions.json."""
+    from nnunet_mgcl.inference import MultiTaskPredictor
+    from nnunet_mgcl.qc import qc_png
+
+    ensure_ext_trainer_env()
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise InputError("input folder does not exist", file=input_dir)
+    model = _model_folder(dataset, trainer, plans, configuration)
+    dataset_json = json.loads((model / "dataset.json").read_text())
+    channel_names = [dataset_json["channel_names"][k] for k in sorted(dataset_json["channel_names"], key=int)]
+    ending = dataset_json["file_ending"]
+    cases, failed = find_cases(input_dir, len(channel_names), ending)
+    for case, reason in failed.items():
+        logger.error("case %s left out: %s", case, reason)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    predictor = MultiTaskPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                   perform_everything_on_device=True, device=torch.device(device),
+                                   verbose=False, verbose_preprocessing=False, allow_tqdm=progress)
+    folds_arg = [f if f == "all" else int(f) for f in folds]
+    predictor.initialize_from_trained_model_folder(str(model), folds_arg, checkpoint_name=checkpoint)
+    names = sorted(cases)
+    if names and num_processes_preprocessing == 0 and num_processes_export == 0:
+        for case in names:  # nnU-Net's sequential path (no worker processes), one case at a time
+            predictor.track(str(output_dir / case))
+            predictor.predict_from_files_sequential([[str(f) for f in cases[case]]], [str(output_dir / case)],
+                                                    save_probabilities=False, overwrite=True)
+    elif names:
+        predictor.predict_from_files([[str(f) for f in cases[c]] for c in names], [str(output_dir / c) for c in names],
+                                     save_probabilities=False, overwrite=True,
+                                     num_processes_preprocessing=num_processes_preprocessing,
+                                     num_processes_segmentation_export=num_processes_export)
+    labels = CaseLabels.from_dataset_json(dataset_json)
+    results: dict[str, Any] = {}
+    if qc:
+        (output_dir / "qc").mkdir(exist_ok=True)
+    for case in names:
+        mask_file = output_dir / f"{case}{ending}"
+        entry: dict[str, Any] = {"mask": mask_file.name, **lesion_report(mask_file)}
+        probs = predictor.class_probabilities.get(str(output_dir / case))
+        if probs is not None:
+            entry["probabilities"] = [round(float(p), 6) for p in probs]
+            entry["predicted_class"] = int(np.argmax(probs))
+            if labels is not None:
+                entry["predicted_label"] = labels.classes[entry["predicted_class"]]
+        if qc:
+            images = [sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in cases[case]]
+            mask_image = sitk.ReadImage(str(mask_file))
+            title = f"{case}: {entry['lesion_volume_ml']:.2f} mL, {entry['lesion_count']} lesion(s)"
+            if "predicted_label" in entry:
+                title += f", {labels.name}: {entry['predicted_label']} (p={max(entry['probabilities']):.2f})"
+            qc_png(images, channel_names, sitk.GetArrayFromImage(mask_image) > 0, mask_image.GetSpacing()[::-1],
+                   output_dir / "qc" / f"{case}.png", title)
+            entry["qc"] = f"qc/{case}.png"
+        results[case] = entry
+    report = {"model": {"folder": str(model), "trainer": trainer, "plans": plans, "configuration": configuration,
+                        "folds": [str(f) for f in folds], "checkpoint": checkpoint},
+              "case_label": None if labels is None else {"name": labels.name,
+                                                         "classes": {str(k): v for k, v in labels.classes.items()}},
+              "cases": results, "failed": failed}
+    (output_dir / "predictions.json").write_text(json.dumps(report, indent=2))
+    _write_csv(output_dir / "predictions.csv", results, failed, labels)
+    return report
+
+
+def _write_csv(path: Path, results: dict, failed: dict, labels: CaseLabels | None) -> None:
+    k = labels.num_classes if labels is not None else max((len(r.get("probabilities", [])) for r in results.values()),
+                                                           default=0)
+    header = ["case", "status", "lesion_volume_ml", "lesion_count", "predicted_class",
+              *[f"p_class_{i}" for i in range(k)], "qc", "error"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for case, r in results.items():
+            probs = r.get("probabilities", [""] * k)
+            w.writerow([case, "ok", r["lesion_volume_ml"], r["lesion_count"], r.get("predicted_class", ""), *probs,
+                        r.get("qc", ""), ""])
+        for case, reason in failed.items():
+            w.writerow([case, "failed", "", "", "", *[""] * k, "", reason])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", dest="input_dir", required=True, help="folder of CASE_XXXX.nii.gz images")
+    parser.add_argument("-o", dest="output_dir", required=True, help="output folder")
+    parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
+    parser.add_argument("-c", dest="configuration", required=True, help="configuration, e.g. 3d_fullres")
+    parser.add_argument("-f", dest="folds", nargs="+", required=True, help="folds to ensemble, e.g. 0 1 2 3 4")
+    parser.add_argument("-tr", dest="trainer", default="nnUNetTrainerMGCL")
+    parser.add_argument("-p", dest="plans", default="nnUNetPlans")
+    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
+    parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None,
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("-npp", type=int, default=3, help="preprocessing processes (nnU-Net's default 3; "
+                                                          "-npp 0 -nps 0: no worker processes)")
+    parser.add_argument("-nps", type=int, default=3, help="segmentation export processes (nnU-Net's default 3)")
+    parser.add_argument("--no-qc", dest="qc", action="store_false", help="skip the QC images")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    report = predict(args.input_dir, args.output_dir, args.dataset, args.configuration, args.folds, args.trainer,
+                     args.plans, args.checkpoint, device, args.qc, args.npp, args.nps)
+    n_ok, n_failed = len(report["cases"]), len(report["failed"])
+    logger.info("predicted %d case(s) into %s (predictions.json, predictions.csv%s)", n_ok, args.output_dir,
+                ", qc/" if args.qc else "")
+    if n_failed:
+        logger.error("%d case(s) failed: %s", n_failed, "; ".join(f"{c}: {r}" for c, r in report["failed"].items()))
+        return 1
+    return 0

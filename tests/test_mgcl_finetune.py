@@ -1,0 +1,102 @@
+"""nnUNetTrainerMGCL (multi-task fine-tuning), `nnunet-mgcl split` and `nnunet-mgcl predict`, driven by the
+real nnU-Net commands on the tiny phantom (CPU)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from helpers import run, script, train
+
+from nnunet_mgcl.discovery import ensure_ext_trainer_env
+
+RESULTS = "nnUNetTrainerMGCL__nnUNetSmallPlans__3d_fullres"
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained):
+    tiny, pretrain_fold, _ = pretrained
+    run([script("nnunet-mgcl"), "split", "-d", str(tiny["id"]), "--labeled-fraction", "0.5", "--overwrite"],
+        env=tiny["env"])
+    proc = train(tiny, "0", "-tr", "nnUNetTrainerMGCL")
+    fold = Path(tiny["env"]["nnUNet_results"]) / tiny["name"] / RESULTS / "fold_0"
+    return tiny, fold, pretrain_fold, proc
+
+
+def test_split_keeps_nnunet_validation_and_withholds_labels(finetuned):
+    tiny, _, _, _ = finetuned
+    splits = json.loads((Path(tiny["env"]["nnUNet_preprocessed"]) / tiny["name"] / "splits_final.json").read_text())
+    assert len(splits) == 5
+    for fold in splits:
+        assert set(fold["train"]).isdisjoint(fold["unlabeled"]) and set(fold["train"]).isdisjoint(fold["val"])
+        assert len(fold["train"]) >= 1 and len(fold["unlabeled"]) >= 1
+
+
+def test_finetuning_starts_from_the_pretraining_checkpoint(finetuned):
+    _, fold, pretrain_fold, proc = finetuned
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert f"initialised from {pretrain_fold / 'checkpoint_final.pth'}" in log
+    assert "tensors loaded" in log and "class weights" in log
+    assert "This split has 2 training" in log or "This split has 3 training" in log  # the labeled subset only
+
+
+def test_finetuning_writes_segmentation_and_classification_validation(finetuned):
+    tiny, fold, _, _ = finetuned
+    val = fold / "validation"
+    assert json.loads((val / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0.0
+    summary = json.loads((val / "classification_summary.json").read_text())
+    assert summary["case_label"] == "tss" and summary["n_cases"] >= 1
+    preds = json.loads((val / "classification_predictions.json").read_text())["cases"]
+    for case in preds.values():
+        assert sum(case["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert any(k.startswith("classifier.") for k in ckpt["network_weights"])
+    assert len(ckpt["logging"]["val_auc"]) == 1 and len(ckpt["logging"]["train_cls_loss"]) == 1
+    plans = json.loads((fold.parent / "plans.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["mgcl"]["classifier"] == {"num_classes": 2, "num_modalities": 4}
+
+
+def test_pretrained_weights_flag_uses_our_loader_for_multitask_networks(pretrained):
+    tiny, pretrain_fold, _ = pretrained
+    ckpt = pretrain_fold / "checkpoint_final.pth"
+    proc = train(tiny, "1", "-tr", "nnUNetTrainerMGCL_noMRFF", "-pretrained_weights", str(ckpt))
+    assert f"initialised from {ckpt}:" in proc.stdout
+    assert "skipped" in proc.stdout and "not part of the pretrained encoder/decoder" in proc.stdout
+
+
+def test_predict_matches_nnunetv2_predict_and_reports_probabilities(finetuned, tmp_path):
+    tiny, _, _, _ = finetuned
+    env = ensure_ext_trainer_env(dict(tiny["env"]))
+    images = Path(env["nnUNet_raw"]) / tiny["name"] / "imagesTs"
+    inputs = tmp_path / "in"
+    shutil.copytree(images, inputs)
+    for f in sorted(images.glob("*_0000.nii.gz"))[:1]:  # one broken case: a channel file missing
+        shutil.copy(f, inputs / f.name.replace(f.name.split("_0000")[0], "BROKEN"))
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    common = ["-d", str(tiny["id"]), "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainerMGCL", "-p", "nnUNetSmallPlans",
+              "-device", "cpu", "-npp", "1", "-nps", "1"]
+    proc = run([script("nnunet-mgcl"), "predict", "-i", str(inputs), "-o", str(ours), *common], env=env, check=False,
+               timeout=900)
+    assert proc.returncode == 1, proc.stderr  # the broken case is reported, the others ran
+    run([script("nnUNetv2_predict"), "-i", str(images), "-o", str(theirs), *common], env=env, timeout=900)
+    report = json.loads((ours / "predictions.json").read_text())
+    assert list(report["failed"]) == ["BROKEN"] and "channels [0] found" in report["failed"]["BROKEN"]
+    assert report["case_label"]["name"] == "tss"
+    cases = sorted(p.name[: -len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
+    assert sorted(report["cases"]) == cases
+    for case in cases:
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(ours / f"{case}.nii.gz")))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(theirs / f"{case}.nii.gz")))
+        assert np.array_equal(a, b)
+        entry = report["cases"][case]
+        assert sum(entry["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+        assert entry["predicted_class"] == int(np.argmax(entry["probabilities"]))
+        spacing = sitk.ReadImage(str(ours / f"{case}.nii.gz")).GetSpacing()
+        assert entry["lesion_volume_ml"] == pytest.approx((a > 0).sum() * np.prod(spacing) / 1000, abs=1e-3)
+        assert (ours / entry["qc"]).stat().st_size > 5000
+    csv_lines = (ours / "predictions.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("case,status,lesion_volume_ml") and len(csv_lines) == len(cases) + 2

@@ -1,0 +1,152 @@
+"""Networks (wrapper, heads, MRFF, multi-task) and weight transfer, on small random networks."""
+from __future__ import annotations
+
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+from nnunet_mgcl.networks.classification import MRFFClassifier, foreground_probability
+from nnunet_mgcl.networks.heads import GlobalProjectionHead
+from nnunet_mgcl.networks.multitask import MultiTaskUNet
+from nnunet_mgcl.networks.wrapper import FeatureUNet
+from nnunet_mgcl.settings import FinetuneSettings
+from nnunet_mgcl.transfer import adapt_input_channels, load_pretrained
+
+
+def _unet(in_ch=4, features=(8, 16, 32), residual=False, ds=True):
+    common = dict(n_stages=3, features_per_stage=list(features), conv_op=torch.nn.Conv3d, kernel_sizes=3,
+                  strides=[1, 2, 2], num_classes=2, n_conv_per_stage_decoder=[1, 1], conv_bias=True,
+                  norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"affine": True}, nonlin=torch.nn.LeakyReLU,
+                  nonlin_kwargs={"inplace": True}, deep_supervision=ds)
+    if residual:
+        return ResidualEncoderUNet(in_ch, n_blocks_per_stage=[1, 1, 1], **common)
+    return PlainConvUNet(in_ch, n_conv_per_stage=[1, 1, 1], **common)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_wrapper_keeps_forward_and_state_dict_of_the_plain_network(residual):
+    torch.manual_seed(0)
+    plain = _unet(residual=residual)
+    wrapped = FeatureUNet(plain)
+    x = torch.randn(2, 4, 16, 16, 16)
+    assert all(torch.equal(a, b) for a, b in zip(plain(x), wrapped(x)))
+    assert list(plain.state_dict()) == list(wrapped.state_dict())
+    feats = wrapped.features(x)
+    assert [f.shape[1] for f in feats.encoder] == [8, 16, 32]
+    assert [f.shape[2:] for f in feats.decoder] == [(8, 8, 8), (16, 16, 16)]
+    assert wrapped.decoder_scales == [[2, 2, 2], [1, 1, 1]]
+    assert torch.equal(feats.output[0], plain(x)[0])
+
+
+def test_global_head_separates_scans_that_instance_norm_makes_identical_on_average():
+    torch.manual_seed(0)
+    head = GlobalProjectionHead(16, 64, 32)
+    base = torch.randn(2, 16, 4, 4, 4)
+    a = torch.nn.functional.instance_norm(base)
+    mixed = torch.nn.functional.instance_norm(torch.einsum("ij,bjxyz->bixyz", torch.randn(16, 16), base))
+    assert torch.allclose(a.flatten(2).mean(2), mixed.flatten(2).mean(2), atol=1e-5)  # pooled first: identical
+    assert not torch.allclose(head(a), head(mixed), atol=1e-3)                         # ours: not
+
+
+def _mrff(ring_width=2):
+    torch.manual_seed(0)
+    return MRFFClassifier(torch.nn.Conv3d, num_modalities=2, decoder_channels=8, num_classes=2, ring_width=ring_width)
+
+
+def _lesion_logits(shape, lesion):
+    logits = torch.zeros(1, 2, *shape)
+    logits[:, 1] = torch.where(lesion, 10.0, -10.0)
+    return logits
+
+
+def test_mrff_lesion_tokens_change_when_only_the_lesion_changes():
+    head = _mrff()
+    shape = (12, 12, 12)
+    lesion = torch.zeros(shape, dtype=torch.bool)
+    lesion[3:9, 3:9, 3:9] = True
+    x = torch.randn(1, 2, *shape)
+    feats = type("F", (), {"decoder": [torch.randn(1, 8, *shape)]})()
+    before = head.region_sums(x, _lesion_logits(shape, lesion), feats)
+    x2 = x.clone()
+    x2[:, 1, 4:8, 4:8, 4:8] += 3.0  # FLAIR-like change strictly inside the lesion (1 voxel margin: conv 3x3)
+    after = head.region_sums(x2, _lesion_logits(shape, lesion), feats)
+    per_mod = lambda s, region: s["modality"][0, region].reshape(2, -1)  # noqa: E731
+    assert not torch.allclose(per_mod(before, 0)[1], per_mod(after, 0)[1])   # lesion token of modality 2 changed
+    assert torch.allclose(per_mod(before, 0)[0], per_mod(after, 0)[0])       # modality 1 untouched
+    assert torch.allclose(per_mod(before, 1), per_mod(after, 1), atol=1e-5)   # the ring did not change
+    assert torch.equal(before["mass"], after["mass"])
+    assert not torch.allclose(head.fuse(before), head.fuse(after))
+
+
+def test_mrff_regions_are_lesion_ring_and_brain():
+    head = _mrff(ring_width=1)
+    shape = (9, 9, 9)
+    lesion = torch.zeros(shape, dtype=torch.bool)
+    lesion[4, 4, 4] = True
+    x = torch.ones(1, 2, *shape)
+    x[..., 0] = 0  # outside the brain: one face of the volume
+    w = head.region_weights(x, _lesion_logits(shape, lesion))[0]
+    assert w[0].sum() == pytest.approx(1.0, abs=0.05)  # soft: exp(-10) leaks from the 728 other voxels
+    assert w[1].sum() == pytest.approx(26.0, abs=0.1)  # the 26-neighbourhood ring
+    assert w[2].sum() == 9 * 9 * 8
+
+
+def test_foreground_probability_for_softmax_and_regions():
+    logits = torch.tensor([[2.0, 0.0]])[..., None, None, None]
+    assert float(foreground_probability(logits, False)) == pytest.approx(1 / (1 + torch.e ** 2))
+    assert float(foreground_probability(torch.zeros(1, 3, 1, 1, 1), True)) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("classifier", ["mrff", "pooled"])
+def test_multitask_forward_is_plain_by_default_and_stash_matches(classifier):
+    torch.manual_seed(0)
+    net = MultiTaskUNet(_unet(ds=True), FinetuneSettings(classifier=classifier), num_classes=3, num_modalities=4)
+    net.eval()
+    x = torch.randn(2, 4, 16, 16, 16)
+    seg, logits, _ = net.forward_multitask(x)
+    assert logits.shape == (2, 3)
+    assert torch.equal(net(x)[0], seg[0])
+    net.stash_features = True
+    net(x)
+    assert torch.allclose(net.classify_stashed(), logits)
+    with pytest.raises(RuntimeError, match="no stashed forward"):
+        net.classify_stashed()
+
+
+def test_transfer_loads_encoder_decoder_adapts_channels_and_reports_skips(tmp_path):
+    torch.manual_seed(0)
+    source = _unet(in_ch=3)
+    ckpt = tmp_path / "pretrained.pth"
+    torch.save({"network_weights": {f"module.{k}": v for k, v in source.state_dict().items()}}, ckpt)
+    target = MultiTaskUNet(_unet(in_ch=4), FinetuneSettings(), num_classes=2, num_modalities=4)
+    report = load_pretrained(target, ckpt)
+    stem = "encoder.stages.0.0.convs.0.conv.weight"
+    assert stem in report.adapted
+    assert torch.allclose(target.state_dict()[stem], adapt_input_channels(source.state_dict()[stem], 4))
+    deeper = "encoder.stages.1.0.convs.0.conv.weight"
+    assert torch.equal(target.state_dict()[deeper], source.state_dict()[deeper])
+    assert all(reason == "not part of the pretrained encoder/decoder"
+               for k, reason in report.skipped.items() if k.startswith("classifier."))
+    assert any(".seg_layers." in k for k in report.skipped)
+    assert "tensors loaded" in report.summary() and "skipped" in report.summary()
+
+
+def test_transfer_skips_shape_mismatches_and_missing_keys(tmp_path):
+    source = _unet(features=(4, 8, 16))
+    ckpt = tmp_path / "p.pth"
+    weights = source.state_dict()
+    del weights["encoder.stages.2.0.convs.0.conv.weight"]
+    torch.save({"network_weights": weights}, ckpt)
+    target = _unet(features=(8, 16, 32))
+    report = load_pretrained(target, ckpt)
+    assert report.loaded == []
+    assert report.skipped["encoder.stages.2.0.convs.0.conv.weight"] == "missing in the checkpoint"
+    assert report.skipped["encoder.stages.1.0.convs.0.conv.weight"] == "shape differs"
+
+
+def test_adapt_input_channels_preserves_response_to_identical_channels():
+    w = torch.randn(8, 2, 3, 3, 3)
+    x = torch.randn(1, 1, 5, 5, 5)
+    ref = torch.nn.functional.conv3d(x.repeat(1, 2, 1, 1, 1), w)
+    out = torch.nn.functional.conv3d(x.repeat(1, 4, 1, 1, 1), adapt_input_channels(w, 4))
+    assert torch.allclose(ref, out, atol=1e-5)

@@ -1,0 +1,299 @@
+"""MGCL multi-task fine-tuning: nnU-Net segmentation plus case-level classification (e.g. TSS).
+
+``nnUNetv2_train ID CFG FOLD -tr nnUNetTrainerMGCL``
+
+- **Initialisation**: from ``-pretrained_weights FILE`` when given, else from the MGCL pretraining
+  checkpoint of the same dataset, plans and configuration
+  (``nnUNetTrainerMGCLPretrain__PLANS__CFG/fold_all/checkpoint_final.pth``) when it exists, else from
+  scratch. Encoder and decoder tensors only, on the CPU, a different input channel count adapted
+  (:mod:`nnunet_mgcl.transfer`); the file and the counts of loaded / skipped tensors are logged. nnU-Net's
+  own ``-pretrained_weights`` loader requires every key of the target network (our classification head
+  has none in a pretraining checkpoint) and reads CUDA tensors back onto a GPU, so while one of these
+  trainers is constructed, ``nnunetv2.run.run_training.load_pretrained_weights`` is routed to ours for
+  our networks (other networks keep nnU-Net's loader).
+- **Segmentation** exactly as nnU-Net (Dice + CE, deep supervision, same augmentation, same loader).
+- **Classification**: the case label of each sampled case (``dataset.json["case_labels"]``; binary
+  TSS or multi-class such as the total CSVD score) through the MRFF head
+  (:mod:`nnunet_mgcl.networks.classification`), cross-entropy with balanced class weights from the
+  training split, cases without a label masked out; weighted by ``mgcl.finetune.cls_weight``.
+- **Validation**: pseudo-Dice as nnU-Net, plus the classification loss and AUC (macro one-vs-rest for
+  more than two classes) over the validation patches; the best checkpoint maximises
+  ``w * EMA(pseudo-Dice) + (1 - w) * EMA(AUC)`` (``selection_dice_weight`` w, 0.5).
+  ``perform_actual_validation`` writes nnU-Net's ``summary.json`` and, beside it,
+  ``classification_summary.json`` and ``classification_predictions.json`` (whole-scan probabilities of
+  the validation cases, predicted as ``nnunet-mgcl predict`` does).
+- ``nnUNetTrainerMGCL_noMRFF``: the same with a plain pooled head on the bottleneck (ablation).
+- ``torch.compile`` is not used (our step calls the network's multi-task forward, which nnU-Net's
+  compiled wrapper would not cover); compare speeds with ``nnUNet_compile=f`` for both.
+"""
+from __future__ import annotations
+
+import json
+from os.path import isfile, join
+from typing import ClassVar
+
+import numpy as np
+import torch
+from nnunetv2.paths import nnUNet_results
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+
+from nnunet_mgcl.case_labels import UNKNOWN, CaseLabels
+from nnunet_mgcl.conventions import PLANS_KEY
+from nnunet_mgcl.inference import MultiTaskPredictor, unwrap
+from nnunet_mgcl.losses import masked_cross_entropy
+from nnunet_mgcl.evaluation.classification import classification_metrics, roc_auc, roc_auc_ovr
+from nnunet_mgcl.networks.multitask import MultiTaskUNet
+from nnunet_mgcl.progress import MultiTaskLocalLogger
+from nnunet_mgcl.settings import classifier_shape, finetune_settings
+from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin
+from nnunet_mgcl.transfer import load_pretrained
+
+PRETRAINER = "nnUNetTrainerMGCLPretrain"
+
+
+def _route_pretrained_weights_loader() -> None:
+    """Make ``nnUNetv2_train -pretrained_weights`` use :func:`load_pretrained` for our networks."""
+    import nnunetv2.run.run_training as run_training
+
+    original = run_training.load_pretrained_weights
+    if getattr(original, "_nnunet_mgcl", False):
+        return
+
+    def load(network, fname, verbose=False):
+        target = unwrap(network)
+        if isinstance(target, MultiTaskUNet):
+            report = load_pretrained(target, fname)
+            print(report.summary())
+            target.initialized_from = str(fname)
+        else:
+            original(network, fname, verbose=verbose)
+
+    load._nnunet_mgcl = True
+    run_training.load_pretrained_weights = load
+
+
+class nnUNetTrainerMGCL(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+    settings_overrides: ClassVar[dict] = {}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._apply_plans_budget()
+        self.settings = finetune_settings(self.configuration_manager.configuration, **self.settings_overrides)
+        if self.settings.initial_lr is not None:
+            self.initial_lr = self.settings.initial_lr
+        self.case_labels = CaseLabels.from_dataset_json(dataset_json)
+        if self.case_labels is None:
+            raise RuntimeError(f"{self.__class__.__name__} needs case-level labels in dataset.json['case_labels'] "
+                               "(convert the dataset with nnunet-mgcl convert); for segmentation alone use "
+                               "nnUNetTrainer or nnUNetTrainerPlansBudget")
+        # the head's shape goes into the plans (copied to the results folder): the only place that
+        # build_network_architecture can read it from at inference
+        shape = {"num_classes": self.case_labels.num_classes, "num_modalities": len(dataset_json["channel_names"])}
+        for cfg in (self.plans_manager.plans["configurations"][configuration], self.configuration_manager.configuration):
+            cfg.setdefault(PLANS_KEY, {})["classifier"] = shape
+        self.logger.local_logger = MultiTaskLocalLogger()
+        self.cls_weights: torch.Tensor | None = None
+        _route_pretrained_weights_loader()
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True):
+        unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                        num_output_channels, enable_deep_supervision)
+        num_classes, num_modalities = classifier_shape(configuration_manager.configuration)
+        settings = finetune_settings(configuration_manager.configuration, **cls.settings_overrides)
+        return MultiTaskUNet(unet, settings, num_classes, num_modalities)
+
+    def _do_i_compile(self) -> bool:
+        return False  # see the module docstring
+
+    @property
+    def net(self) -> MultiTaskUNet:
+        return unwrap(self.network)
+
+    def initialize(self) -> None:
+        if self.is_ddp:
+            raise RuntimeError(f"{self.__class__.__name__} does not support multi-GPU (DDP) training")
+        super().initialize()
+        self.net.classifier.region_based = self.label_manager.has_regions
+        self.net.initialized_from = None
+
+    # -- initialisation from pretraining ------------------------------------------------------------
+    def pretraining_checkpoint(self) -> str | None:
+        """The MGCL pretraining checkpoint of this dataset / plans / configuration, if there is one."""
+        folder = f"{PRETRAINER}__{self.plans_manager.plans_name}__{self.configuration_name}"
+        path = join(nnUNet_results, self.plans_manager.dataset_name, folder, "fold_all", "checkpoint_final.pth")
+        return path if isfile(path) else None
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.net.initialized_from is None and self.current_epoch == 0:
+            ckpt = self.pretraining_checkpoint()
+            if ckpt is None:
+                self.print_to_log_file("no MGCL pretraining checkpoint found: training from scratch")
+            else:
+                report = load_pretrained(self.net, ckpt)
+                self.net.initialized_from = ckpt
+                self.print_to_log_file(report.summary())
+        elif self.net.initialized_from is not None:
+            self.print_to_log_file(f"initialised from {self.net.initialized_from} (-pretrained_weights)")
+        tr_keys, _ = self.do_split()
+        self.cls_weights = torch.tensor(self.case_labels.class_weights(tr_keys), dtype=torch.float32,
+                                        device=self.device)
+        self.print_to_log_file(f"case label '{self.case_labels.name}': class weights "
+                               f"{np.round(self.cls_weights.cpu().numpy(), 3).tolist()} from {len(tr_keys)} "
+                               "training cases")
+
+    # -- losses -------------------------------------------------------------------------------------
+    def _targets(self, keys) -> torch.Tensor:
+        return torch.from_numpy(self.case_labels.targets(keys)).to(self.device)
+
+    def _cls_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return masked_cross_entropy(logits, y, self.cls_weights, ignore_index=UNKNOWN)
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        y = self._targets(batch["keys"])
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            seg, logits, _ = self.net.forward_multitask(data)
+            seg_loss = self.loss(seg, target)
+            cls_loss = self._cls_loss(logits, y)
+            loss = seg_loss + self.settings.cls_weight * cls_loss
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy(), "seg_loss": seg_loss.detach().cpu().numpy(),
+                "cls_loss": cls_loss.detach().cpu().numpy()}
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        o = collate_outputs(train_outputs)
+        self.logger.log("train_seg_loss", float(np.mean(o["seg_loss"])), self.current_epoch)
+        self.logger.log("train_cls_loss", float(np.mean(o["cls_loss"])), self.current_epoch)
+
+    def validation_step(self, batch: dict) -> dict:
+        self.net.stash_features = True
+        try:
+            out = super().validation_step(batch)  # nnU-Net's: loss, pseudo-Dice counts
+            with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+                logits = self.net.classify_stashed()
+        finally:
+            self.net.stash_features = False
+        y = self._targets(batch["keys"])
+        out["cls_loss"] = self._cls_loss(logits, y).detach().cpu().numpy()
+        out["probabilities"] = torch.softmax(logits.float(), 1).cpu().numpy()
+        out["cls_targets"] = y.cpu().numpy()
+        return out
+
+    def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
+        super().on_validation_epoch_end(val_outputs)
+        probs = np.concatenate([o["probabilities"] for o in val_outputs])
+        y = np.concatenate([o["cls_targets"] for o in val_outputs])
+        known = y != UNKNOWN
+        auc = self._auc(y[known], probs[known])
+        e = self.current_epoch
+        self.logger.log("val_cls_loss", float(np.mean([o["cls_loss"] for o in val_outputs])), e)
+        self.logger.log("val_auc", auc, e)
+        previous = self.logger.get_value("ema_auc", step=None)
+        last = previous[-1] if previous else float("nan")
+        ema = auc if np.isnan(last) else (last if np.isnan(auc) else 0.9 * last + 0.1 * auc)
+        self.logger.log("ema_auc", ema, e)
+
+    @staticmethod
+    def _auc(y: np.ndarray, probs: np.ndarray) -> float:
+        """Binary AUC of class 1, or macro one-vs-rest AUC; NaN when it is undefined (one class only)."""
+        if y.size == 0:
+            return float("nan")
+        return roc_auc(y == 1, probs[:, 1]) if probs.shape[1] == 2 else roc_auc_ovr(y, probs)[0]
+
+    def selection_score(self) -> float:
+        """What the best checkpoint maximises (see the module docstring)."""
+        dice = self.logger.get_value("ema_fg_dice", step=-1)
+        auc = self.logger.get_value("ema_auc", step=-1)
+        if np.isnan(auc):
+            return float(dice)
+        w = self.settings.selection_dice_weight
+        return float(w * dice + (1 - w) * auc)
+
+    def on_epoch_end(self) -> None:
+        """nnU-Net's epoch end, with the best checkpoint chosen by :meth:`selection_score`."""
+        from time import time
+
+        e = self.current_epoch
+        self.logger.log("epoch_end_timestamps", time(), e)
+        get = lambda k: self.logger.get_value(k, step=-1)  # noqa: E731
+        self.print_to_log_file("train_loss", np.round(get("train_losses"), 4),
+                               f"(segmentation {get('train_seg_loss'):.4f}, classification {get('train_cls_loss'):.4f})")
+        self.print_to_log_file("val_loss", np.round(get("val_losses"), 4),
+                               f"(classification {get('val_cls_loss'):.4f})")
+        self.print_to_log_file("Pseudo dice", [np.round(i, 4) for i in get("dice_per_class_or_region")])
+        self.print_to_log_file(f"AUC ({self.case_labels.name}) {get('val_auc'):.4f}, moving average {get('ema_auc'):.4f}")
+        self.print_to_log_file(f"Epoch time: {get('epoch_end_timestamps') - get('epoch_start_timestamps'):.2f} s")
+        if (e + 1) % self.save_every == 0 and e != self.num_epochs - 1:
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+        score = self.selection_score()
+        if self._best_ema is None or score > self._best_ema:
+            self._best_ema = score
+            self.print_to_log_file(f"New best selection score (Dice/AUC): {score:.4f}")
+            self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
+        if self.local_rank == 0:
+            self.logger.plot_progress_png(self.output_folder)
+        self.current_epoch += 1
+
+    # -- final validation ---------------------------------------------------------------------------
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        super().perform_actual_validation(save_probabilities)
+        if self.local_rank != 0:
+            return
+        _, val_keys = self.do_split()
+        self.set_deep_supervision_enabled(False)  # nnU-Net switched it back on at the end of its validation
+        self.network.eval()
+        predictor = MultiTaskPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                       perform_everything_on_device=True, device=self.device, verbose=False,
+                                       allow_tqdm=False)
+        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.__class__.__name__,
+                                        self.inference_allowed_mirroring_axes)
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
+        probabilities = {}
+        for key in val_keys:
+            data, _, _, _ = dataset.load_case(key)
+            predictor.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(data[:])))
+            probabilities[key] = predictor.last_class_probabilities.tolist()
+        y = self.case_labels.targets(val_keys)
+        known = y != UNKNOWN
+        p = np.array([probabilities[k] for k in val_keys])
+        metrics = classification_metrics(y[known], p[known], p[known].argmax(1)) if known.any() else {}
+        metrics.update({"case_label": self.case_labels.name, "n_cases": len(val_keys),
+                        "n_without_label": int((~known).sum())})
+        folder = join(self.output_folder, "validation")
+        with open(join(folder, "classification_summary.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+        with open(join(folder, "classification_predictions.json"), "w") as f:
+            json.dump({"cases": {k: {"probabilities": probabilities[k], "predicted_class": int(np.argmax(probabilities[k])),
+                                     "label": None if y[i] == UNKNOWN else int(y[i])}
+                                 for i, k in enumerate(val_keys)}}, f, indent=2)
+        self.set_deep_supervision_enabled(True)
+        self.print_to_log_file(f"classification on {len(val_keys)} validation cases: "
+                               f"{ {k: v for k, v in metrics.items() if k != 'calibration_bins'} }")
+
+
+class nnUNetTrainerMGCL_noMRFF(nnUNetTrainerMGCL):
+    """Ablation: a plain pooled classification head on the bottleneck instead of MRFF."""
+
+    settings_overrides: ClassVar[dict] = {"classifier": "pooled"}
