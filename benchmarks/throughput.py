@@ -1,13 +1,19 @@
-"""Iteration time, data-loading rate and memory of our trainers against plain ``nnUNetTrainer``.
+"""Iteration time, data-loading rate and memory of our trainers against plain ``nnUNetTrainer``, and
+``nnunet-mgcl predict`` against ``nnUNetv2_predict``.
 
 In one process, on the same plans and machine, interleaved round by round so that drifting machine
 load hits every trainer alike: for each trainer, the time to produce a batch (its data loader, run
-in-process) and the time of one ``train_step`` on it. Ratios are taken to ``nnUNetTrainer``'s step.
-It also measures how the fine-grained loss' memory grows with the patch size (it must not).
+in-process) and the time of one ``train_step`` on it. Ratios are taken to ``nnUNetTrainer``'s step
+(all without torch.compile: ``nnUNet_compile=f``; our trainers do not compile). It also measures how the
+fine-grained loss' memory grows with the patch size (it must not), and, with ``--predict-input``, the
+wall time of ``nnunet-mgcl predict`` and ``nnUNetv2_predict`` on the same cases and trained
+``nnUNetTrainerMGCL`` fold-0 model, alternating, three times each.
 
-    python benchmarks/throughput.py -d 990 -c 3d_fullres -p nnUNetPlans -device cpu -o docs/results/throughput.json
+    python benchmarks/throughput.py -d 990 -c 3d_fullres -p nnUNetPlans -device cpu \
+        --predict-input $nnUNet_raw/Dataset990_X/imagesTs -o docs/results/throughput.json
 
-Needs nnUNet_preprocessed / nnUNet_results set and the dataset planned and preprocessed.
+Needs nnUNet_preprocessed / nnUNet_results set, the dataset planned and preprocessed, a
+``splits_final.json`` and case labels (``nnUNetTrainerMGCL``).
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from nnunet_mgcl.discovery import ensure_ext_trainer_env  # noqa: E402
 
 logger = logging.getLogger("throughput")
-TRAINERS = {"nnUNetTrainer": "0", "nnUNetTrainerMGCLPretrain": "all"}
+TRAINERS = {"nnUNetTrainer": "0", "nnUNetTrainerMGCLPretrain": "all", "nnUNetTrainerMGCL": "0"}
 
 
 def build(trainer: str, dataset: str, configuration: str, plans: str, fold: str, device: torch.device):
@@ -116,6 +122,31 @@ def fine_loss_memory(num_anchors: int, channels: int, patch: list[int], device: 
             "feature_map": fmap.numel() * fmap.element_size()}
 
 
+def prediction_times(dataset: str, configuration: str, plans: str, device: str, images: str, work: Path,
+                     repeats: int = 3) -> dict:
+    """Wall time of nnunet-mgcl predict and nnUNetv2_predict (same model, cases, worker counts)."""
+    import shutil
+    import subprocess
+
+    from nnunet_mgcl.nnunet_commands import find_executable
+
+    common = ["-i", images, "-d", dataset, "-c", configuration, "-f", "0", "-tr", "nnUNetTrainerMGCL", "-p", plans,
+              "-device", device, "-npp", "1", "-nps", "1"]
+    cmds = {"nnUNetv2_predict": [find_executable("nnUNetv2_predict")],
+            "nnunet-mgcl predict": [find_executable("nnunet-mgcl"), "predict"]}
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for r in range(repeats):
+        for name, cmd in cmds.items():
+            out = work / f"{name.replace(' ', '_')}_{r}"
+            shutil.rmtree(out, ignore_errors=True)
+            start = time.perf_counter()
+            subprocess.run([*cmd, *common, "-o", str(out)], check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"seconds": times, "median_s": med, "ratio": med["nnunet-mgcl predict"] / med["nnUNetv2_predict"],
+            "n_cases": len(list(Path(images).glob("*_0000.nii.gz")))}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", required=True, help="dataset id or name")
@@ -125,6 +156,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("-o", default=None, help="write the results as JSON here")
+    p.add_argument("--predict-input", default=None, help="images to time prediction on (needs a trained "
+                                                          "nnUNetTrainerMGCL fold 0)")
+    p.add_argument("--work", default="throughput_work", help="scratch folder for the prediction outputs")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ensure_ext_trainer_env()
@@ -144,6 +178,9 @@ def main(argv=None) -> int:
     channels = pre.network.decoder_channels[-1]
     result["fine_loss_bytes"] = {f"patch x{k}": fine_loss_memory(pre.settings.num_anchors, channels,
                                                                   [p * k for p in patch], device) for k in (1, 2)}
+    if args.predict_input:
+        result["prediction"] = prediction_times(args.d, args.c, args.p, args.device, args.predict_input,
+                                                Path(args.work))
     text = json.dumps(result, indent=2)
     print(text)
     if args.o:

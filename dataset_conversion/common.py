@@ -627,7 +627,7 @@ class ConversionSummary:
                     "%d files", "dry run:" if self.dry_run else "conversion done:", verb, self.output_dir,
                     d["cases"], d["labeled"], d["test"], d["unlabeled"], d["unpaired"], UNLABELED_FOLDER,
                     len(self.files))
-        if d["case_label_counts"]:
+        if any(k != "unknown" for k in d["case_label_counts"]):  # datasets without case labels: no line
             logger.info("case labels: %s", d["case_label_counts"])
         for case, reason in self.skipped.items():
             logger.info("skipped %s: %s", case, reason)

@@ -23,10 +23,10 @@ silently; declare real extra columns under ``extra_columns``).
 Output (``$nnUNet_raw/DatasetXXX_Name``, case ids ``CSVD_<sanitized folder name>``):
 
 * channels FLAIR (0, the reference grid), T1, T2, SWI (SWI, else T2*), DWI, in this order;
-  ``--channels`` selects a subset (the first selected is the reference grid). All images and masks of a subject must be co-registered on the
-  reference grid (checked, not resampled); ``--resample-images`` resamples *images* on another grid
-  onto it (linear, in physical space: they must already be aligned in world coordinates). Masks are
-  never resampled.
+  ``--channels`` selects a subset (the first selected is the reference grid). All images and masks of
+  a subject must be co-registered on the reference grid (checked, not resampled);
+  ``--resample-images`` resamples *images* on another grid onto it (linear, in physical space: they
+  must already be aligned in world coordinates). Masks are never resampled.
 * label map (our composition, with **overlap priority** = label order, a higher value wins where masks
   overlap): ``1 wmh, 2 epvs, 3 lacune, 4 rssi, 5 cmb``. Why: WMH is diffuse and often surrounds the
   focal markers; a lacune is the more specific reading of a cavity also drawn as EPVS; an RSSI is the
@@ -516,8 +516,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--markers", type=_name_list, default=list(MARKERS),
                         help="comma-separated marker masks that make the label map (default WMH,EPVS,LACUNE,RSSI,CMB)")
     parser.add_argument("--channels", type=_name_list, default=list(CHANNELS),
-                        help="comma-separated subset of FLAIR,T1,T2,SWI,DWI (kept in this order; the first is the reference "
-                             "grid; default all)")
+                        help="comma-separated subset of FLAIR,T1,T2,SWI,DWI (kept in this order; the first "
+                             "is the reference grid; default all)")
     parser.add_argument("--resample-images", dest="resample_images", action="store_true",
                         help="resample images that are not on the reference grid onto it (masks never)")
     parser.add_argument("--no-derive-score", dest="derive_score", action="store_false",

@@ -202,7 +202,8 @@ def convert(input_dir: str | Path, dataset_id: int, name: str | None = None, mod
                                              "source_file": by_id[sid]["image"].relative_to(input_dir).as_posix()}))
         for_each_case(cases, lambda c: _convert_case(writer, c, strict_labels, summary),
                       key=lambda c: c.source_id, summary=summary, skip_bad=skip_bad, progress=progress,
-                      desc=f"MM-WHS {channel} -> {writer.folder_name}", cleanup=lambda c: writer.discard_case(c.case_id))
+                      desc=f"MM-WHS {channel} -> {writer.folder_name}",
+                      cleanup=lambda c: writer.discard_case(c.case_id))
         summary.extra.update({"modality": modality, "channels": [channel], "labels": LABELS, "case_labels": None})
         logger.info("MM-WHS has no case-level label: dataset.json gets no case_labels")
         writer.write_dataset_json(

@@ -407,7 +407,8 @@ def convert(input_dir: str | Path, dataset_id: int, name: str | None = None, tas
         writer.write_dataset_json(
             labels, dataset_name=name,
             description=(f"VALDO 2021 task {task_spec.number} ({task_spec.key}): "
-                         f"{' / '.join(task_spec.channels)} in {task_spec.space} space; label 1 = {task_spec.label_name}"
+                         f"{' / '.join(task_spec.channels)} in {task_spec.space} space; "
+                         f"label 1 = {task_spec.label_name}"
                          + ("; label 2 = ignore (outside the rated regions)" if with_regions else "")),
             reference="https://valdo.grand-challenge.org/ ; Sudre et al., arXiv:2208.07167",
             licence="see the VALDO challenge data access terms (grand-challenge.org)",

@@ -120,8 +120,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     predictions = out / "predictions"
     timed("predict", predict, raw / dataset_dir / "imagesTs", predictions, did, CONFIGURATION, ["0"],
-          trainer=TRAINER, plans=SMALL_PLANS_NAME, device=cfg.device, num_processes_preprocessing=1,
-          num_processes_export=1)
+          trainer=TRAINER, plans=SMALL_PLANS_NAME, device=cfg.device, num_processes_preprocessing=0,
+          num_processes_export=0)
     summary = timed("evaluate", evaluate, raw / dataset_dir / "labelsTs", predictions,
                     case_labels=raw / dataset_dir / "dataset.json", predictions=predictions / "predictions.json",
                     reliability_png=predictions / "reliability.png")

@@ -13,7 +13,7 @@ Keys used so far:
     from one file.
 
 ``pretrain_budget``
-    The same for pretraining trainers (``budget`` applies when absent).
+    The same for pretraining trainers; its keys override those of ``budget``.
 
 ``pretrain``
     Contrastive pretraining (:class:`PretrainSettings`).
@@ -47,22 +47,21 @@ def budget(configuration: Mapping[str, Any], key: str = "budget") -> dict[str, i
     """A training budget of a configuration: only the keys that the plans set, validated.
 
     ``key`` is ``budget`` (supervised and fine-tuning trainers) or ``pretrain_budget`` (pretraining
-    trainers; falls back to ``budget`` when absent).
+    trainers), whose keys override those of ``budget``.
     """
     block = mgcl_block(configuration)
-    if key not in block and key != "budget":
-        key = "budget"
-    raw = block.get(key, {})
-    unknown = set(raw) - set(BUDGET_KEYS)
-    if unknown:
-        raise ValueError(f"unknown keys in plans setting {PLANS_KEY}.{key}: {sorted(unknown)}; "
-                         f"allowed: {list(BUDGET_KEYS)}")
-    out = {}
-    for name, value in raw.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"plans setting {PLANS_KEY}.{key}.{name} must be a positive integer, got {value!r}")
-        out[name] = value
-    return out
+    raw: dict = {}
+    for name in dict.fromkeys(("budget", key)):
+        part = block.get(name, {})
+        unknown = set(part) - set(BUDGET_KEYS)
+        if unknown:
+            raise ValueError(f"unknown keys in plans setting {PLANS_KEY}.{name}: {sorted(unknown)}; "
+                             f"allowed: {list(BUDGET_KEYS)}")
+        for k, value in part.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"plans setting {PLANS_KEY}.{name}.{k} must be a positive integer, got {value!r}")
+        raw.update(part)
+    return raw
 
 
 @dataclass(frozen=True)
@@ -121,15 +120,21 @@ class PretrainSettings:
             raise ValueError("mgcl.pretrain.num_anchors must be >= 2")
 
 
-def pretrain_settings(configuration: Mapping[str, Any], **overrides: Any) -> PretrainSettings:
-    """The ``mgcl.pretrain`` block with defaults; ``overrides`` (a trainer variant's) win over plans."""
-    raw = dict(mgcl_block(configuration).get("pretrain", {}))
-    known = {f.name for f in fields(PretrainSettings)}
+def _settings_block(configuration: Mapping[str, Any], name: str, cls: type, overrides: Mapping[str, Any]) -> dict:
+    """The plans block ``mgcl.<name>`` checked against the fields of ``cls``, with ``overrides`` applied."""
+    raw = dict(mgcl_block(configuration).get(name, {}))
+    known = {f.name for f in fields(cls)}
     unknown = set(raw) - known
     if unknown:
-        raise ValueError(f"unknown keys in plans setting {PLANS_KEY}.pretrain: {sorted(unknown)}; allowed: "
+        raise ValueError(f"unknown keys in plans setting {PLANS_KEY}.{name}: {sorted(unknown)}; allowed: "
                          f"{sorted(known)}")
     raw.update(overrides)
+    return raw
+
+
+def pretrain_settings(configuration: Mapping[str, Any], **overrides: Any) -> PretrainSettings:
+    """The ``mgcl.pretrain`` block with defaults; ``overrides`` (a trainer variant's) win over plans."""
+    raw = _settings_block(configuration, "pretrain", PretrainSettings, overrides)
     for key in ("global_stages", "local_stages"):
         if key in raw:
             raw[key] = tuple(int(i) for i in raw[key])
@@ -173,14 +178,7 @@ class FinetuneSettings:
 
 def finetune_settings(configuration: Mapping[str, Any], **overrides: Any) -> FinetuneSettings:
     """The ``mgcl.finetune`` block with defaults; ``overrides`` (a trainer variant's) win over plans."""
-    raw = dict(mgcl_block(configuration).get("finetune", {}))
-    known = {f.name for f in fields(FinetuneSettings)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"unknown keys in plans setting {PLANS_KEY}.finetune: {sorted(unknown)}; allowed: "
-                         f"{sorted(known)}")
-    raw.update(overrides)
-    return FinetuneSettings(**raw)
+    return FinetuneSettings(**_settings_block(configuration, "finetune", FinetuneSettings, overrides))
 
 
 def classifier_shape(configuration: Mapping[str, Any]) -> tuple[int, int]:

@@ -17,8 +17,9 @@ TINY_ID = 991
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A tiny phantom (6 labeled, 4 unlabeled/unpaired, 2 test cases at 4 mm), converted, planned and
-    preprocessed with the real nnU-Net, plus the plans variant ``nnUNetSmallPlans`` (1 epoch of 2
-    iterations). Returns the environment (nnUNet_* folders, CPU settings) and the folders."""
+    preprocessed (3d_fullres and 2d) with the real nnU-Net, plus the plans variants ``nnUNetSmallPlans``
+    (3d_fullres) and ``nnUNetSmall2dPlans`` (2d), 1 epoch of 2 iterations. Returns the environment
+    (nnUNet_* folders, CPU settings) and the folders."""
     root = tmp_path_factory.mktemp("tiny")
     env = clean_env(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
                     nnUNet_results=str(root / "res"))
@@ -27,9 +28,11 @@ def tiny_dataset(tmp_path_factory):
     mgcl = script("nnunet-mgcl")
     run([mgcl, "phantom", "-o", str(root / "phantom"), "--cases", "6", "--unlabeled", "4", "--test", "2"], env=env)
     run([mgcl, "convert", "mmis", str(root / "phantom"), "-d", str(TINY_ID), "--name", "Tiny"], env=env)
-    run([script("nnUNetv2_plan_and_preprocess"), "-d", str(TINY_ID), "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
-        env={**env, "nnUNet_n_proc_DA": "1"}, timeout=900)
-    run([mgcl, "small-plans", "-d", str(TINY_ID), "--epochs", "1", "--iterations", "2", "--val-iterations", "1"],
+    run([script("nnUNetv2_plan_and_preprocess"), "-d", str(TINY_ID), "-c", "3d_fullres", "2d", "-np", "1",
+         "-npfp", "1"], env={**env, "nnUNet_n_proc_DA": "1"}, timeout=900)
+    budget = ["--epochs", "1", "--iterations", "2", "--val-iterations", "1"]
+    run([mgcl, "small-plans", "-d", str(TINY_ID), *budget], env=env)
+    run([mgcl, "small-plans", "-d", str(TINY_ID), "-c", "2d", "-o", "nnUNetSmall2dPlans", "--batch-size", "4", *budget],
         env=env)
     return {"env": env, "root": root, "id": TINY_ID, "name": f"Dataset{TINY_ID}_Tiny"}
 

@@ -110,7 +110,8 @@ def build_csvd(root: Path) -> Built:
     csvd_subject(root, "S004", 4)
     csvd_subject(root, "S005", 5, channels=("FLAIR", "T1", "T2", "SWI"), masks=False)
     (root / "scores.csv").write_text("\n".join([
-        CSVD_HEADER, "S001,train,,1,0,2,1,1", "S002,,,,,,,", "S003,,3,,,,,", "S004,test,,0,0,0,0,0", "S005,,,,,,,"]) + "\n")
+        CSVD_HEADER, "S001,train,,1,0,2,1,1", "S002,,,,,,,", "S003,,3,,,,,", "S004,test,,0,0,0,0,0",
+        "S005,,,,,,,"]) + "\n")
 
     def duplicate() -> tuple[str, str]:
         shutil.copytree(root / "S001", root / "s001")
@@ -189,9 +190,9 @@ def build_valdo(root: Path, task: str = "cmb") -> Built:
         shutil.copytree(folder, other)
         return other.name, other.name
 
-    return Built(valdo, root, sid, f"VALDO_{sid}", folder / f"{sid}_space-{spec.space}_desc-masked_{spec.channels[0]}.nii.gz",
-                 label, bad_label=blob(1, value=5), make_duplicate=duplicate, kwargs={"task": task},
-                 cli=["valdo", "--task", task])
+    image = folder / f"{sid}_space-{spec.space}_desc-masked_{spec.channels[0]}.nii.gz"
+    return Built(valdo, root, sid, f"VALDO_{sid}", image, label, bad_label=blob(1, value=5), make_duplicate=duplicate,
+                 kwargs={"task": task}, cli=["valdo", "--task", task])
 
 
 def mmwhs_label(seed: int) -> np.ndarray:
@@ -218,8 +219,9 @@ def build_mmwhs(root: Path) -> Built:
 
     bad = mmwhs_label(1)
     bad[0, 0, 0] = 999
-    return Built(mmwhs, root, "ct_train_1001", "MMWHS_ct-train-1001", image, root / "ct_train" / "ct_train_1001_label.nii.gz",
-                 bad_label=bad, make_duplicate=duplicate, cli=["mmwhs"])
+    label = root / "ct_train" / "ct_train_1001_label.nii.gz"
+    return Built(mmwhs, root, "ct_train_1001", "MMWHS_ct-train-1001", image, label, bad_label=bad,
+                 make_duplicate=duplicate, cli=["mmwhs"])
 
 
 # ------------------------------------------------------------------------------------------------

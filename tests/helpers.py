@@ -34,10 +34,12 @@ def run(cmd, env=None, cwd=None, timeout=900, check=True, shell=False) -> subpro
     return proc
 
 
-def train(tiny: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """``nnUNetv2_train`` on the tiny test dataset (conftest) with the small plans, our trainers discoverable."""
+def train(tiny: dict, *args: str, configuration: str = "3d_fullres", plans: str = "nnUNetSmallPlans",
+          timeout: int = 900) -> subprocess.CompletedProcess:
+    """``nnUNetv2_train`` on the tiny test dataset (conftest) with a small plans variant, our trainers
+    discoverable."""
     from nnunet_mgcl.discovery import ensure_ext_trainer_env
 
     env = ensure_ext_trainer_env(dict(tiny["env"]))
-    return run([script("nnUNetv2_train"), str(tiny["id"]), "3d_fullres", *args, "-p", "nnUNetSmallPlans",
-                "-device", "cpu"], env=env, timeout=timeout)
+    return run([script("nnUNetv2_train"), str(tiny["id"]), configuration, *args, "-p", plans, "-device", "cpu"],
+               env=env, timeout=timeout)

@@ -10,7 +10,6 @@ import SimpleITK as sitk
 
 from conversion_fixtures import (
     BAD_KINDS,
-    CSVD_HEADER,
     SHAPE,
     assert_nothing_written,
     build_csvd,
@@ -65,7 +64,8 @@ def test_convert_layout_labels_and_scores(built, raw, monkeypatch, capsys):
                                                "CSVD_S005": {"reason": "unpaired", "missing_channels": ["DWI"]}}
     assert sorted(p.name for p in (out / "labelsTs").iterdir()) == ["CSVD_S004.nii.gz"]
     assert summary["scores_derived_from_masks"] == 1
-    assert any("derived (partly) from the masks for 1 subject" in w and "approximation" in w for w in summary["warnings"])
+    assert any("derived (partly) from the masks for 1 subject" in w and "approximation" in w
+               for w in summary["warnings"])
 
     lab = arr(out / "labelsTr" / "CSVD_S001.nii.gz")
     assert lab[6, 7, 7] == 4                  # the RSSI voxel inside the lacune: RSSI wins

@@ -17,7 +17,6 @@ from conversion_fixtures import (
     build_wmh17,
     check_bad_input,
     mmwhs_label,
-    noise,
     save,
     verify_in_process,
 )

@@ -98,5 +98,15 @@ def test_predict_matches_nnunetv2_predict_and_reports_probabilities(finetuned, t
         spacing = sitk.ReadImage(str(ours / f"{case}.nii.gz")).GetSpacing()
         assert entry["lesion_volume_ml"] == pytest.approx((a > 0).sum() * np.prod(spacing) / 1000, abs=1e-3)
         assert (ours / entry["qc"]).stat().st_size > 5000
+    # nnU-Net's sequential path (no worker processes) gives the same masks and probabilities
+    sequential = tmp_path / "sequential"
+    run([script("nnunet-mgcl"), "predict", "-i", str(images), "-o", str(sequential), "--no-qc",
+         *common[:-4], "-npp", "0", "-nps", "0"], env=env, timeout=900)
+    report_seq = json.loads((sequential / "predictions.json").read_text())
+    for case in cases:
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(sequential / f"{case}.nii.gz")))
+        assert np.array_equal(a, sitk.GetArrayFromImage(sitk.ReadImage(str(theirs / f"{case}.nii.gz"))))
+        assert report_seq["cases"][case]["probabilities"] == pytest.approx(report["cases"][case]["probabilities"],
+                                                                            abs=1e-5)
     csv_lines = (ours / "predictions.csv").read_text().splitlines()
     assert csv_lines[0].startswith("case,status,lesion_volume_ml") and len(csv_lines) == len(cases) + 2

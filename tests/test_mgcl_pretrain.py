@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run, script
 from helpers import train as _train
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -86,6 +87,28 @@ def test_checkpoint_transfers_into_plain_nnunet(pretrained, tmp_path):
     proc = _train(tiny, "0", "-tr", "nnUNetTrainerPlansBudget", "-pretrained_weights", str(ckpt_file))
     assert f"Loading pretrained weights from file  {ckpt_file}" in proc.stdout
     assert "encoder.stages.0.0.convs.0.conv.weight shape" in proc.stdout
+
+
+def test_pretraining_runs_on_2d_and_residual_encoder_plans(tiny_dataset):
+    tiny = tiny_dataset
+    proc = _train(tiny, "all", "-tr", "nnUNetTrainerMGCLPretrain_fine", configuration="2d", plans="nnUNetSmall2dPlans")
+    assert "Training done." in proc.stdout
+    # nnU-Net's residual-encoder planner; same spacing, so the variant can reuse the preprocessed data
+    env = tiny["env"]
+    run([script("nnUNetv2_plan_experiment"), "-d", str(tiny["id"]), "-pl", "nnUNetPlannerResEncM"],
+        env={**env, "nnUNet_n_proc_DA": "1"}, timeout=600)
+    run([script("nnunet-mgcl"), "small-plans", "-d", str(tiny["id"]), "-p", "nnUNetResEncUNetMPlans", "-o",
+         "nnUNetSmallResEncPlans", "--epochs", "1", "--iterations", "2", "--val-iterations", "1"], env=env)
+    pre = Path(env["nnUNet_preprocessed"]) / tiny["name"]
+    plans = json.loads((pre / "nnUNetSmallResEncPlans.json").read_text())
+    cfg = plans["configurations"]["3d_fullres"]
+    reference = json.loads((pre / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"]
+    assert cfg["spacing"] == reference["spacing"] and cfg["architecture"]["network_class_name"].endswith(
+        "ResidualEncoderUNet")
+    cfg["data_identifier"] = reference["data_identifier"]
+    (pre / "nnUNetSmallResEncPlans.json").write_text(json.dumps(plans))
+    proc = _train(tiny, "all", "-tr", "nnUNetTrainerMGCLPretrain", plans="nnUNetSmallResEncPlans")
+    assert "Training done." in proc.stdout
 
 
 @pytest.mark.parametrize("cls,global_heads,local_heads", [

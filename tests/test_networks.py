@@ -40,12 +40,24 @@ def test_wrapper_keeps_forward_and_state_dict_of_the_plain_network(residual):
 
 def test_global_head_separates_scans_that_instance_norm_makes_identical_on_average():
     torch.manual_seed(0)
-    head = GlobalProjectionHead(16, 64, 32)
+    head = GlobalProjectionHead(16, 64, 32).eval()  # eval: batch norm with its initial (identity) statistics
     base = torch.randn(2, 16, 4, 4, 4)
     a = torch.nn.functional.instance_norm(base)
     mixed = torch.nn.functional.instance_norm(torch.einsum("ij,bjxyz->bixyz", torch.randn(16, 16), base))
     assert torch.allclose(a.flatten(2).mean(2), mixed.flatten(2).mean(2), atol=1e-5)  # pooled first: identical
     assert not torch.allclose(head(a), head(mixed), atol=1e-3)                         # ours: not
+
+
+def test_global_head_spreads_nearly_identical_scans_in_training():
+    from nnunet_mgcl.losses import is_collapsed, uniformity
+
+    torch.manual_seed(0)
+    head = GlobalProjectionHead(16, 64, 32).train()
+    base = torch.randn(1, 16, 4, 4, 4)
+    batch = torch.nn.functional.instance_norm(base + 0.01 * torch.randn(4, 16, 4, 4, 4))
+    z = head(batch).detach()
+    assert is_collapsed(uniformity(head.eval()(batch).detach()))  # without batch statistics: collapsed
+    assert not is_collapsed(uniformity(z))
 
 
 def _mrff(ring_width=2):

@@ -101,3 +101,21 @@ def test_budget_rejects_bad_settings(block, message):
 
 def test_budget_absent_means_nnunet_defaults():
     assert budget({}) == {}
+
+
+def test_pretrain_and_finetune_settings_defaults_overrides_and_errors():
+    from nnunet_mgcl.settings import classifier_shape, finetune_settings, pretrain_settings
+
+    cfg = {"mgcl": {"pretrain": {"temperature": 0.2, "global_stages": [-1, -2]}, "finetune": {"cls_weight": 1.0}}}
+    s = pretrain_settings(cfg, local_weight=0.0)
+    assert (s.temperature, s.global_stages, s.local_weight, s.num_anchors) == (0.2, (-1, -2), 0.0, 256)
+    assert finetune_settings(cfg, classifier="pooled").cls_weight == 1.0
+    with pytest.raises(ValueError, match="unknown keys in plans setting mgcl.pretrain: \\['temp'\\]"):
+        pretrain_settings({"mgcl": {"pretrain": {"temp": 0.1}}})
+    with pytest.raises(ValueError, match="not both 0"):
+        pretrain_settings({}, global_weight=0.0, local_weight=0.0)
+    with pytest.raises(ValueError, match="'mrff' or 'pooled'"):
+        finetune_settings({"mgcl": {"finetune": {"classifier": "transformer"}}})
+    with pytest.raises(ValueError, match="not written by a fine-tuning trainer"):
+        classifier_shape({})
+    assert classifier_shape({"mgcl": {"classifier": {"num_classes": 5, "num_modalities": 3}}}) == (5, 3)

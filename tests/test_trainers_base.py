@@ -69,10 +69,11 @@ def test_pretrain_budget_falls_back_to_budget():
     t = _Budgeted(cfg, "pretrain_budget")
     t._apply_plans_budget()
     assert t.num_epochs == 7
+    cfg["mgcl"]["budget"]["num_iterations_per_epoch"] = 9
     cfg["mgcl"]["pretrain_budget"] = {"num_epochs": 4}
     t = _Budgeted(cfg, "pretrain_budget")
     t._apply_plans_budget()
-    assert t.num_epochs == 4
+    assert (t.num_epochs, t.num_iterations_per_epoch) == (4, 9)  # pretrain_budget overrides budget key by key
 
 
 def test_no_budget_keeps_nnunet_defaults():

@@ -172,3 +172,25 @@ def test_split_transforms_keeps_nnunet_order_and_refuses_unknown_transforms():
 
     with pytest.raises(TypeError, match="Weird"):
         split_transforms(ComposeTransforms([Weird()]))
+
+
+def test_2d_views_come_from_the_same_slice_and_match_in_plane():
+    np.random.seed(4)
+    patch = (32, 28)
+    tr = nnUNetTrainer.get_training_transforms(patch, (-0.5, 0.5), None, (0, 1), False)
+    spatial, _ = split_transforms(tr)
+    for t in spatial.transforms:
+        if type(t).__name__ == "SpatialTransform":
+            t.p_rotation, t.p_scaling = 1.0, 1.0
+    lm = LabelManager({"background": 0, "lesion": 1}, regions_class_order=None)
+    loader = TwoViewDataLoader(_Dataset(), 2, [44, 40], patch, lm, spatial, ComposeTransforms([]),
+                               [EITHER, EITHER, EITHER, BRIGHT], TwoViewSettings(modality_dropout=0.0, num_anchors=32))
+    batch = loader.generate_train_batch()
+    assert batch["view1"].shape == (2, 4, 32, 28) and batch["anchors1"].shape == (2, 32, 2)
+    for b in range(2):
+        ok = batch["anchor_valid"][b]
+        assert ok.sum() >= 16
+        p1 = _values_at(batch["view1"][b, :3], batch["anchors1"][b][ok])
+        p2 = _values_at(batch["view2"][b, :3], batch["anchors2"][b][ok])
+        assert torch.allclose(p1[:, 0], p2[:, 0])  # channel 0 = slice index: the same slice in both views
+        assert (p1[:, 1:] - p2[:, 1:]).norm(dim=1).max() <= 1.0

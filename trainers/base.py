@@ -62,6 +62,22 @@ class CheckpointMixin:
         atomic_torch_save(to_cpu(checkpoint), filename)
 
 
+def backward_and_step(trainer, loss) -> None:
+    """nnU-Net's update: (scaled) backward, gradient clipping at norm 12, optimiser step."""
+    import torch
+
+    if trainer.grad_scaler is not None:
+        trainer.grad_scaler.scale(loss).backward()
+        trainer.grad_scaler.unscale_(trainer.optimizer)
+        torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), 12)
+        trainer.grad_scaler.step(trainer.optimizer)
+        trainer.grad_scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), 12)
+        trainer.optimizer.step()
+
+
 def wrap_in_augmenters(dl_tr, dl_val, device):
     """nnU-Net's choice of background workers for a pair of loaders (same settings as its trainer)."""
     from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter

@@ -48,7 +48,7 @@ from nnunet_mgcl.evaluation.classification import classification_metrics, roc_au
 from nnunet_mgcl.networks.multitask import MultiTaskUNet
 from nnunet_mgcl.progress import MultiTaskLocalLogger
 from nnunet_mgcl.settings import classifier_shape, finetune_settings
-from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin
+from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, backward_and_step
 from nnunet_mgcl.transfer import load_pretrained
 
 PRETRAINER = "nnUNetTrainerMGCLPretrain"
@@ -167,16 +167,7 @@ class nnUNetTrainerMGCL(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
             seg_loss = self.loss(seg, target)
             cls_loss = self._cls_loss(logits, y)
             loss = seg_loss + self.settings.cls_weight * cls_loss
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        backward_and_step(self, loss)
         return {"loss": loss.detach().cpu().numpy(), "seg_loss": seg_loss.detach().cpu().numpy(),
                 "cls_loss": cls_loss.detach().cpu().numpy()}
 

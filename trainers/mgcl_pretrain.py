@@ -43,7 +43,7 @@ from nnunet_mgcl.losses import alignment, dense_info_nce, info_nce, is_collapsed
 from nnunet_mgcl.networks.contrastive import ContrastiveUNet
 from nnunet_mgcl.progress import ContrastiveLocalLogger
 from nnunet_mgcl.settings import PretrainSettings, pretrain_settings
-from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, wrap_in_augmenters
+from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, backward_and_step, wrap_in_augmenters
 
 TRANSFER_KEY = "mgcl_transfer"
 
@@ -105,6 +105,9 @@ class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         pipeline = self.get_training_transforms(patch_size, rotation, None, mirror_axes, dummy_2d)
         spatial, intensity = split_transforms(pipeline)
+        if self.batch_size < 2 and len(self.network.global_heads):
+            raise RuntimeError(f"the coarse-grained (global) loss contrasts scans within a batch and needs a batch "
+                               f"size of at least 2; the plans give {self.batch_size}")
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         pool = self._pool_dataset()
         if pool is not None:
@@ -169,16 +172,7 @@ class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             out = self._contrastive_step(batch)
         loss = out["loss"]
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        backward_and_step(self, loss)
         return {k: out[k].detach().float().cpu().numpy() for k in ("loss", "global", "local")}
 
     def validation_step(self, batch: dict) -> dict:

@@ -1,20 +1,25 @@
-"""Projection heads for contrastive learning.
+"""Projection heads for contrastive learning: two-layer MLPs.
 
-A two-layer MLP without batch normalisation (our choice: pretraining batches hold 2-4 volumes per
-view, too few for batch statistics).
+The coarse-grained (global) head applies its first layer and non-linearity to every voxel's feature
+vector, averages over the voxels, batch-normalises the averages, then applies its second layer. Two
+problems of the usual SimCLR head (pool, then MLP) on nnU-Net's encoders made us do this (our findings,
+seen as a coarse loss stuck at log(2N-1) and uniformity at 0):
 
-The coarse-grained (global) head applies the MLP's first layer and non-linearity to every voxel's
-feature vector, averages over the voxels, then applies the second layer. Averaging first (the usual
-SimCLR global pool) does not work on nnU-Net's encoders: every stage ends in instance normalisation,
-so the spatial mean of each channel is the same for every scan and a pooled vector carries almost no
-information about the scan (we saw the coarse loss stay at log(2N-1) and uniformity at 0). After a
-per-voxel layer and non-linearity the average depends on how channels co-vary within the scan, which
-instance normalisation leaves intact. Chaitanya et al. flatten the map instead (their g1), which ties the
-head to one patch size; ours does not.
+- every encoder stage ends in instance normalisation, so the spatial mean of each channel is the same
+  for every scan: a pooled vector carries almost no information about the scan. After a per-voxel layer
+  and non-linearity, the average depends on how channels co-vary within the scan, which instance
+  normalisation leaves intact;
+- embeddings that start (nearly) identical sit at a saddle of InfoNCE with cosine similarity: the
+  gradient of the cosine between two equal vectors is zero. Batch normalisation of the pooled vectors
+  over the batch (both views; as in SimCLR's head) removes their common part, so the embeddings are
+  spread from the first step.
 
-The fine-grained (local) head is the same MLP applied to the feature vectors of selected voxels:
+Chaitanya et al. flatten the map instead (their g1), which ties the head to one patch size; ours does not.
+
+The fine-grained (local) head is a plain MLP applied to the feature vectors of selected voxels:
 identical to Chaitanya et al.'s 1x1-convolution head g2 evaluated at those voxels, but its memory grows
-with the number of anchors, not with the patch size.
+with the number of anchors, not with the patch size. Voxel features differ enough that it needs no
+normalisation.
 """
 from __future__ import annotations
 
@@ -31,13 +36,20 @@ class ProjectionMLP(nn.Module):
         return self.net(x)
 
 
-class GlobalProjectionHead(ProjectionMLP):
-    """(B, C, *spatial) feature map -> (B, out): first layer per voxel, average over voxels, second layer."""
+class GlobalProjectionHead(nn.Module):
+    """(B, C, *spatial) feature map -> (B, out): first layer per voxel, average over voxels, batch
+    normalisation, second layer."""
+
+    def __init__(self, in_features: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.first = nn.Linear(in_features, hidden)
+        self.act = nn.LeakyReLU(inplace=True)
+        self.norm = nn.BatchNorm1d(hidden)
+        self.second = nn.Linear(hidden, out)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        first, act, second = self.net
-        per_voxel = act(first(feature_map.flatten(2).transpose(1, 2)))  # (B, voxels, hidden)
-        return second(per_voxel.mean(dim=1))
+        per_voxel = self.act(self.first(feature_map.flatten(2).transpose(1, 2)))  # (B, voxels, hidden)
+        return self.second(self.norm(per_voxel.mean(dim=1)))
 
 
 class LocalProjectionHead(ProjectionMLP):
