@@ -16,6 +16,7 @@ never touches a user's datasets. The default size finishes within minutes on a 2
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -89,11 +90,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     did = str(DATASET_ID)
     dataset_dir = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
 
-    def timed(name, fn, *args, **kwargs):
+    def timed(step, fn, *args, **kwargs):
         start = time.perf_counter()
-        logger.info("== %s", name)
+        logger.info("== %s", step)
         value = fn(*args, **kwargs)
-        seconds[name] = time.perf_counter() - start
+        seconds[step] = time.perf_counter() - start
         return value
 
     timed("phantom", write_cohort, out / "phantom", n_cases=cfg.cases, n_unlabeled=cfg.unlabeled,
@@ -119,9 +120,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                                      env, logs / "finetune.log")
 
     predictions = out / "predictions"
-    timed("predict", predict, raw / dataset_dir / "imagesTs", predictions, did, CONFIGURATION, ["0"],
-          trainer=TRAINER, plans=SMALL_PLANS_NAME, device=cfg.device, num_processes_preprocessing=0,
-          num_processes_export=0)
+    with open(logs / "predict.log", "w") as log, contextlib.redirect_stdout(log):  # nnU-Net's predictor prints
+        timed("predict", predict, raw / dataset_dir / "imagesTs", predictions, did, CONFIGURATION, ["0"],
+              trainer=TRAINER, plans=SMALL_PLANS_NAME, device=cfg.device, num_processes_preprocessing=0,
+              num_processes_export=0, progress=False)
     summary = timed("evaluate", evaluate, raw / dataset_dir / "labelsTs", predictions,
                     case_labels=raw / dataset_dir / "dataset.json", predictions=predictions / "predictions.json",
                     reliability_png=predictions / "reliability.png")
