@@ -162,3 +162,28 @@ def test_adapt_input_channels_preserves_response_to_identical_channels():
     ref = torch.nn.functional.conv3d(x.repeat(1, 2, 1, 1, 1), w)
     out = torch.nn.functional.conv3d(x.repeat(1, 4, 1, 1, 1), adapt_input_channels(w, 4))
     assert torch.allclose(ref, out, atol=1e-5)
+
+
+def test_mrff_head_learns_a_lesion_contrast_of_one_modality():
+    """Regression test: the fusion once stayed at a constant output on such data."""
+    torch.manual_seed(0)
+    head = _mrff()
+    n, m, f = 64, 2, 8
+    pooled = torch.randn(n, 3, m, f) * 0.2 + torch.randn(n, 1, m, f)  # scan-level offsets shared by regions
+    y = torch.randint(0, 2, (n,))
+    pooled[:, 0, 1, 0] += torch.where(y == 1, 0.5, -0.5)  # modality 2 brighter in the lesion for class 1
+    mass = torch.tensor([50.0, 100.0, 5000.0]).repeat(n, 1)
+    sums = {"modality": (pooled * mass[:, :, None, None]).reshape(n, 3, m * f),
+            "decoder": torch.randn(n, 3, 8) * mass[..., None], "mass": mass}
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    for _ in range(300):
+        idx = torch.randint(0, n, (4,))
+        loss = torch.nn.functional.cross_entropy(head.fuse({k: v[idx] for k, v in sums.items()}), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        p = torch.softmax(head.fuse(sums), 1)[:, 1]
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y.numpy(), p.numpy()) > 0.9

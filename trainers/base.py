@@ -62,20 +62,24 @@ class CheckpointMixin:
         atomic_torch_save(to_cpu(checkpoint), filename)
 
 
-def backward_and_step(trainer, loss) -> None:
-    """nnU-Net's update: (scaled) backward, gradient clipping at norm 12, optimiser step."""
+def backward_and_step(trainer, loss, extra_optimizers=()) -> None:
+    """nnU-Net's update: (scaled) backward, gradient clipping at norm 12, optimiser step(s)."""
     import torch
 
+    optimizers = [trainer.optimizer, *extra_optimizers]
     if trainer.grad_scaler is not None:
         trainer.grad_scaler.scale(loss).backward()
-        trainer.grad_scaler.unscale_(trainer.optimizer)
+        for opt in optimizers:
+            trainer.grad_scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), 12)
-        trainer.grad_scaler.step(trainer.optimizer)
+        for opt in optimizers:
+            trainer.grad_scaler.step(opt)
         trainer.grad_scaler.update()
     else:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), 12)
-        trainer.optimizer.step()
+        for opt in optimizers:
+            opt.step()
 
 
 def wrap_in_augmenters(dl_tr, dl_val, device):

@@ -15,7 +15,9 @@
 - **Classification**: the case label of each sampled case (``dataset.json["case_labels"]``; binary
   TSS or multi-class such as the total CSVD score) through the MRFF head
   (:mod:`nnunet_mgcl.networks.classification`), cross-entropy with balanced class weights from the
-  training split, cases without a label masked out; weighted by ``mgcl.finetune.cls_weight``.
+  training split, cases without a label masked out; weighted by ``mgcl.finetune.cls_weight``. The
+  head has its own AdamW optimiser (``head_lr``; nnU-Net's SGD keeps the U-Net), checkpointed beside
+  nnU-Net's optimiser state.
 - **Validation**: pseudo-Dice as nnU-Net, plus the classification loss and AUC (macro one-vs-rest for
   more than two classes) over the validation patches; the best checkpoint maximises
   ``w * EMA(pseudo-Dice) + (1 - w) * EMA(AUC)`` (``selection_dice_weight`` w, 0.5).
@@ -111,6 +113,33 @@ class nnUNetTrainerMGCL(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
     def _do_i_compile(self) -> bool:
         return False  # see the module docstring
 
+    def configure_optimizers(self):
+        """nnU-Net's SGD + poly schedule for the U-Net; AdamW + poly for the classification head."""
+        from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+        head = {id(p) for p in self.net.classifier.parameters()}
+        unet_params = [p for p in self.network.parameters() if id(p) not in head]
+        optimizer = torch.optim.SGD(unet_params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                    nesterov=True)
+        self.head_optimizer = torch.optim.AdamW(self.net.classifier.parameters(), lr=self.settings.head_lr,
+                                                weight_decay=1e-4)
+        self.head_lr_scheduler = PolyLRScheduler(self.head_optimizer, self.settings.head_lr, self.num_epochs)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.head_lr_scheduler.step(self.current_epoch)
+
+    def checkpoint_extras(self) -> dict:
+        return {"head_optimizer_state": self.head_optimizer.state_dict()}
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        ckpt = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False) \
+            if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
+        if "head_optimizer_state" in ckpt:
+            self.head_optimizer.load_state_dict(ckpt["head_optimizer_state"])
+
     @property
     def net(self) -> MultiTaskUNet:
         return unwrap(self.network)
@@ -162,12 +191,13 @@ class nnUNetTrainerMGCL(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
             else target.to(self.device, non_blocking=True)
         y = self._targets(batch["keys"])
         self.optimizer.zero_grad(set_to_none=True)
+        self.head_optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             seg, logits, _ = self.net.forward_multitask(data)
             seg_loss = self.loss(seg, target)
             cls_loss = self._cls_loss(logits, y)
             loss = seg_loss + self.settings.cls_weight * cls_loss
-        backward_and_step(self, loss)
+        backward_and_step(self, loss, [self.head_optimizer])
         return {"loss": loss.detach().cpu().numpy(), "seg_loss": seg_loss.detach().cpu().numpy(),
                 "cls_loss": cls_loss.detach().cpu().numpy()}
 
