@@ -21,9 +21,12 @@ class MultiTaskUNet(FeatureUNet):
         self.stash_features = False
         self._stash: tuple | None = None
         if settings.classifier == "mrff":
-            self.classifier = MRFFClassifier(self.conv_op, num_modalities, self.decoder_channels[-1], num_classes,
+            # pool at the resolution of the second-finest decoder stage (see MRFFClassifier)
+            stage = -2 if len(self.decoder_channels) >= 2 else -1
+            self.classifier = MRFFClassifier(self.conv_op, num_modalities, self.decoder_channels[stage], num_classes,
                                              settings.modality_features, settings.token_dim,
-                                             settings.attention_heads, settings.ring_width)
+                                             settings.attention_heads, settings.ring_width,
+                                             pool=self.decoder_scales[stage] if stage == -2 else None)
         else:
             self.classifier = PooledClassifier(self.encoder_channels[-1], num_classes)
 
