@@ -62,7 +62,7 @@ ARMS = ("nnU-Net", "multi-task", "MGCL", "MGCL coarse", "MGCL fine")
 PRETRAINERS = {"MGCL": "nnUNetTrainerMGCLPretrain", "MGCL coarse": "nnUNetTrainerMGCLPretrain_coarse",
                "MGCL fine": "nnUNetTrainerMGCLPretrain_fine"}
 DATASET_ID, NAME, CFG = 980, "LabelEfficiency", "3d_fullres"
-METRICS = ("dice", "lesion_f1", "absolute_volume_difference_ml")
+METRICS = ("dice", "lesion_f1", "avd_ml")
 
 
 def setup_folders(work: Path) -> dict[str, Path]:
@@ -157,7 +157,7 @@ def markdown(result: dict) -> str:
     for arm, by_fraction in result["summary"].items():
         for fraction, cell in sorted(by_fraction.items(), key=lambda kv: float(kv[0])):
             lines.append(f"| {arm} | {float(fraction):.0%} | {fmt(cell['dice'])} | {fmt(cell['lesion_f1'])} | "
-                         f"{fmt(cell['absolute_volume_difference_ml'])} | {fmt(cell['tss_auc'])} |")
+                         f"{fmt(cell['avd_ml'])} | {fmt(cell['tss_auc'])} |")
     return "\n".join(lines)
 
 
