@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import statistics
 import sys
 import time

@@ -71,7 +71,7 @@ def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequ
     folder = Path(preprocessed_dataset_dir)
     src = folder / f"{source_plans}.json"
     if not src.is_file():
-        raise InputError(f"plans file not found; run nnUNetv2_plan_and_preprocess first", file=src)
+        raise InputError("plans file not found; run nnUNetv2_plan_and_preprocess first", file=src)
     plans = json.loads(src.read_text())
     missing = [c for c in configurations if c not in plans["configurations"]]
     if missing:
