@@ -14,6 +14,18 @@ from helpers import clean_env, run, script, train  # noqa: E402
 TINY_ID = 991
 
 
+@pytest.fixture
+def raw(tmp_path, monkeypatch) -> Path:
+    """An empty nnUNet_raw for converter tests (the other nnU-Net folders unset)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    return raw
+
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A tiny phantom (6 labeled, 4 unlabeled/unpaired, 2 test cases at 4 mm), converted, planned and

@@ -28,16 +28,6 @@ OUT = "Dataset611_CSVD"
 
 
 @pytest.fixture
-def raw(tmp_path, monkeypatch):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    monkeypatch.setenv("nnUNet_raw", str(raw))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return raw
-
-
-@pytest.fixture
 def built(tmp_path):
     return build_csvd(tmp_path / "csvd")
 

@@ -108,16 +108,6 @@ def make_cohort(root: Path, zenodo: bool = False) -> Path:
 
 
 @pytest.fixture
-def raw(tmp_path, monkeypatch) -> Path:
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    monkeypatch.setenv("nnUNet_raw", str(raw))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return raw
-
-
-@pytest.fixture
 def cohort(tmp_path) -> Path:
     return make_cohort(tmp_path / "isles22")
 

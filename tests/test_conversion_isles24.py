@@ -141,16 +141,6 @@ def make_documented(root: Path) -> Path:
 
 
 @pytest.fixture
-def raw(tmp_path, monkeypatch) -> Path:
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    monkeypatch.setenv("nnUNet_raw", str(raw))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return raw
-
-
-@pytest.fixture
 def shipped(tmp_path) -> Path:
     return make_shipped(tmp_path / "train")
 

@@ -30,16 +30,6 @@ OUT = "Dataset614_MMWHS_CT"
 
 
 @pytest.fixture
-def raw(tmp_path, monkeypatch):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    monkeypatch.setenv("nnUNet_raw", str(raw))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return raw
-
-
-@pytest.fixture
 def built(tmp_path):
     return build_mmwhs(tmp_path / "mmwhs")
 

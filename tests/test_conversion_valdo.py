@@ -16,16 +16,6 @@ DATASET_ID = 613
 
 
 @pytest.fixture
-def raw(tmp_path, monkeypatch):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    monkeypatch.setenv("nnUNet_raw", str(raw))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return raw
-
-
-@pytest.fixture
 def built(tmp_path):
     return build_valdo(tmp_path / "valdo", task="cmb")
 
