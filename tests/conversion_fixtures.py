@@ -17,6 +17,7 @@ from typing import Any, Callable
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from nnunet_mgcl.conventions import CASE_LABELS_KEY, UNLABELED_POOL_KEY
 from nnunet_mgcl.dataset_conversion import csvd, mmwhs, valdo, wmh17
@@ -231,6 +232,10 @@ def build_mmwhs(root: Path) -> Built:
 def assert_nothing_written(raw: Path) -> None:
     leftovers = [p.name for p in raw.iterdir()] if raw.exists() else []
     assert not [n for n in leftovers if n.startswith("Dataset") or ".tmp-" in n or ".old-" in n], leftovers
+
+
+def read(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 def case_files(out: Path, case_id: str) -> list[Path]:

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABELED_FOLDER, UNLABELED_POOL_KEY
 from nnunet_mgcl.dataset_conversion import isles22
 from nnunet_mgcl.errors import InputError
+from conversion_fixtures import assert_nothing_written, read  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isles22_sample"
 DATASET_ID = 522
@@ -115,15 +116,6 @@ def cohort(tmp_path) -> Path:
 def run(inp: Path, raw: Path | None = None, **kw):
     kw.setdefault("progress", False)
     return isles22.convert(inp, DATASET_ID, raw_dir=raw, **kw)
-
-
-def assert_nothing_written(raw: Path) -> None:
-    leftovers = [p.name for p in raw.iterdir()] if raw.exists() else []
-    assert not [n for n in leftovers if n.startswith("Dataset") or ".tmp-" in n or ".old-" in n], leftovers
-
-
-def read(path: Path) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 def ses_file(root: Path, subject: str, kind: str) -> Path:

@@ -25,6 +25,7 @@ from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABEL
 from nnunet_mgcl.dataset_conversion import isles24
 from nnunet_mgcl.dataset_conversion.common import read_fractional_mask
 from nnunet_mgcl.errors import InputError
+from conversion_fixtures import assert_nothing_written, read  # noqa: E402
 
 DATASET_ID = 524
 OUT = "Dataset524_ISLES24"
@@ -148,15 +149,6 @@ def shipped(tmp_path) -> Path:
 def run(inp: Path, raw: Path | None = None, **kw):
     kw.setdefault("progress", False)
     return isles24.convert(inp, DATASET_ID, raw_dir=raw, **kw)
-
-
-def assert_nothing_written(raw: Path) -> None:
-    leftovers = [p.name for p in raw.iterdir()] if raw.exists() else []
-    assert not [n for n in leftovers if n.startswith("Dataset") or ".tmp-" in n or ".old-" in n], leftovers
-
-
-def read(path: Path) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 def der_file(root: Path, subject: str, name: str, ses: str = "ses-01") -> Path:

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABELED_FOLDER, UNLABELED_POOL_KEY
 from nnunet_mgcl.dataset_conversion import mmis
 from nnunet_mgcl.errors import InputError
+from conversion_fixtures import assert_nothing_written, _SerialPool  # noqa: E402
 
 SHAPE = (8, 8, 6)
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
@@ -84,11 +85,6 @@ def cohort(tmp_path) -> Path:
 def run(inp: Path, raw: Path | None = None, **kw):
     kw.setdefault("progress", False)
     return mmis.convert(inp, DATASET_ID, raw_dir=raw, **kw)
-
-
-def assert_nothing_written(raw: Path) -> None:
-    leftovers = [p.name for p in raw.iterdir()] if raw.exists() else []
-    assert not [n for n in leftovers if n.startswith("Dataset") or ".tmp-" in n or ".old-" in n], leftovers
 
 
 def expect_input_error(inp: Path, raw: Path, case: str | None, file_part: str, **kw) -> InputError:
@@ -445,22 +441,6 @@ def test_unset_raw_env(cohort, monkeypatch):
 def _nnunet_cmd(name: str) -> str:
     exe = Path(sys.executable).parent / name
     return str(exe) if exe.exists() else name
-
-
-class _SerialPool:
-    """Stands in for multiprocessing pools so nnU-Net's checks run in this process (no spawn: fast)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def starmap(self, fn, iterable):
-        return [fn(*args) for args in iterable]
 
 
 def test_nnunet_plan_and_preprocess_verify_integrity(cohort, tmp_path, raw):
