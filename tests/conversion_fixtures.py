@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -301,6 +302,23 @@ def check_bad_input(built: Built, kind: str, raw: Path, dataset_id: int) -> None
 # ------------------------------------------------------------------------------------------------
 # nnU-Net's own integrity check, in this process
 # ------------------------------------------------------------------------------------------------
+
+def verify_with_nnunet(raw: Path, work: Path, *dataset_ids: int) -> str:
+    """Run the real ``nnUNetv2_plan_and_preprocess -d IDS --verify_dataset_integrity --no_pp`` (preprocessed
+    and results folders under ``work``), assert that it passes cleanly and return its output."""
+    from helpers import clean_env, script
+
+    env = clean_env(nnUNet_raw=str(raw), nnUNet_preprocessed=str(work / "pre"), nnUNet_results=str(work / "res"),
+                    nnUNet_n_proc_DA="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([script("nnUNetv2_plan_and_preprocess"), "-d", *map(str, dataset_ids),
+                           "--verify_dataset_integrity", "-c", "3d_fullres", "-np", "1", "-npfp", "1", "--no_pp"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert out.count("verify_dataset_integrity Done") == len(dataset_ids), out[-4000:]
+    assert "Warning:" not in out and "Error:" not in out, out[-4000:]
+    return out
+
 
 class _SerialPool:
     """Stands in for multiprocessing pools so nnU-Net's checks run in this process (no spawn: fast)."""

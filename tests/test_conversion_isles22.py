@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +17,7 @@ import SimpleITK as sitk
 from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABELED_FOLDER, UNLABELED_POOL_KEY
 from nnunet_mgcl.dataset_conversion import isles22
 from nnunet_mgcl.errors import InputError
-from conversion_fixtures import assert_nothing_written, read  # noqa: E402
+from conversion_fixtures import assert_nothing_written, read, verify_with_nnunet  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isles22_sample"
 DATASET_ID = 522
@@ -380,14 +378,5 @@ def test_layout_without_cases(tmp_path, raw):
 
 def test_nnunet_plan_and_preprocess_verify_integrity(cohort, tmp_path, raw):
     run(cohort)
-    exe = Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"
-    env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(tmp_path / "pre"),
-               nnUNet_results=str(tmp_path / "res"), nnUNet_compile="f", OMP_NUM_THREADS="1")
-    proc = subprocess.run([str(exe) if exe.exists() else exe.name, "-d", str(DATASET_ID),
-                           "--verify_dataset_integrity", "-c", "3d_fullres", "-np", "1", "-npfp", "1", "--no_pp"],
-                          env=env, capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    assert "verify_dataset_integrity Done" in out
-    assert "Warning:" not in out and "Error:" not in out, out[-4000:]
+    verify_with_nnunet(raw, tmp_path, DATASET_ID)
     assert (tmp_path / "pre" / OUT / "nnUNetPlans.json").is_file()

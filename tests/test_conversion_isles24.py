@@ -7,11 +7,8 @@ import datetime as dt
 import gzip
 import json
 import logging
-import os
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +22,7 @@ from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABEL
 from nnunet_mgcl.dataset_conversion import isles24
 from nnunet_mgcl.dataset_conversion.common import read_fractional_mask
 from nnunet_mgcl.errors import InputError
-from conversion_fixtures import assert_nothing_written, read  # noqa: E402
+from conversion_fixtures import assert_nothing_written, read, verify_with_nnunet  # noqa: E402
 
 DATASET_ID = 524
 OUT = "Dataset524_ISLES24"
@@ -447,16 +444,7 @@ def test_empty_input_folder(tmp_path, raw, content):
 
 def test_nnunet_plan_and_preprocess_verify_integrity(shipped, tmp_path, raw):
     run(shipped)
-    exe = Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"
-    env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(tmp_path / "pre"),
-               nnUNet_results=str(tmp_path / "res"), nnUNet_compile="f", OMP_NUM_THREADS="1")
-    proc = subprocess.run([str(exe) if exe.exists() else exe.name, "-d", str(DATASET_ID),
-                           "--verify_dataset_integrity", "-c", "3d_fullres", "-np", "1", "-npfp", "1", "--no_pp"],
-                          env=env, capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    assert "verify_dataset_integrity Done" in out
-    assert "Warning:" not in out and "Error:" not in out, out[-4000:]
+    verify_with_nnunet(raw, tmp_path, DATASET_ID)
     plans = json.loads((tmp_path / "pre" / OUT / "nnUNetPlans.json").read_text())
     assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == \
         ["CTNormalization"] * 2 + ["ZScoreNormalization"] * 4

@@ -4,8 +4,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,7 +14,7 @@ import SimpleITK as sitk
 from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABELED_FOLDER, UNLABELED_POOL_KEY
 from nnunet_mgcl.dataset_conversion import mmis
 from nnunet_mgcl.errors import InputError
-from conversion_fixtures import assert_nothing_written, _SerialPool  # noqa: E402
+from conversion_fixtures import _SerialPool, assert_nothing_written, verify_with_nnunet  # noqa: E402
 
 SHAPE = (8, 8, 6)
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
@@ -438,23 +436,10 @@ def test_unset_raw_env(cohort, monkeypatch):
 # nnU-Net accepts the output
 # ------------------------------------------------------------------------------------------------
 
-def _nnunet_cmd(name: str) -> str:
-    exe = Path(sys.executable).parent / name
-    return str(exe) if exe.exists() else name
-
-
 def test_nnunet_plan_and_preprocess_verify_integrity(cohort, tmp_path, raw):
     """``nnUNetv2_plan_and_preprocess -d ID --verify_dataset_integrity`` passes on the default output (~30 s)."""
     run(cohort)
-    env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(tmp_path / "pre"),
-               nnUNet_results=str(tmp_path / "res"), nnUNet_compile="f", OMP_NUM_THREADS="1")
-    proc = subprocess.run([_nnunet_cmd("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID),
-                           "--verify_dataset_integrity", "-c", "3d_fullres", "-npfp", "1", "--no_pp"],
-                          env=env, capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    assert "verify_dataset_integrity Done" in out
-    assert "Warning:" not in out and "Error:" not in out, out[-4000:]
+    verify_with_nnunet(raw, tmp_path, DATASET_ID)
     pre = tmp_path / "pre" / "Dataset501_MMIS"
     assert (pre / "nnUNetPlans.json").is_file()
     pre_json = json.loads((pre / "dataset.json").read_text())   # nnU-Net carries our keys along

@@ -3,13 +3,13 @@ the one real ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` run ove
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from conversion_fixtures import (
+    verify_with_nnunet,
     BAD_KINDS,
     build_csvd,
     build_mmwhs,
@@ -20,7 +20,6 @@ from conversion_fixtures import (
     save,
     verify_in_process,
 )
-from helpers import clean_env, script
 from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABELED_FOLDER, UNLABELED_POOL_KEY
 from nnunet_mgcl.dataset_conversion import csvd, mmwhs, valdo, wmh17
 from nnunet_mgcl.errors import InputError
@@ -128,15 +127,7 @@ def test_all_four_converters_pass_nnunet_plan_and_preprocess(tmp_path):
     wmh17.convert(build_wmh17(tmp_path / "wmh").root, 612, raw_dir=raw, progress=False)
     valdo.convert(build_valdo(tmp_path / "valdo").root, 613, task="epvs", raw_dir=raw, progress=False)
     mmwhs.convert(build_mmwhs(tmp_path / "mmwhs").root, 614, raw_dir=raw, progress=False)
-    env = clean_env(nnUNet_raw=str(raw), nnUNet_preprocessed=str(tmp_path / "pre"), nnUNet_n_proc_DA="1",
-                    nnUNet_results=str(tmp_path / "res"), OMP_NUM_THREADS="1")
-    proc = subprocess.run([script("nnUNetv2_plan_and_preprocess"), "-d", "611", "612", "613", "614",
-                           "--verify_dataset_integrity", "-c", "3d_fullres", "-np", "1", "-npfp", "1", "--no_pp"],
-                          env=env, capture_output=True, text=True, timeout=900)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    assert out.count("verify_dataset_integrity Done") == 4, out[-4000:]
-    assert "Warning:" not in out and "Error:" not in out, out[-4000:]
+    verify_with_nnunet(raw, tmp_path, 611, 612, 613, 614)
     names = ["Dataset611_CSVD", "Dataset612_WMH2017", "Dataset613_VALDO_EPVS", "Dataset614_MMWHS_CT"]
     for name in names:
         assert (tmp_path / "pre" / name / "nnUNetPlans.json").is_file(), name
