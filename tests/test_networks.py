@@ -86,6 +86,10 @@ def test_mrff_lesion_tokens_change_when_only_the_lesion_changes():
     assert not torch.allclose(per_mod(before, 0)[1], per_mod(after, 0)[1])   # lesion token of modality 2 changed
     assert torch.allclose(per_mod(before, 0)[0], per_mod(after, 0)[0])       # modality 1 untouched
     assert torch.allclose(per_mod(before, 1), per_mod(after, 1), atol=1e-5)   # the ring did not change
+    # the intensity sums: the lesion's FLAIR-like channel rose by 3 on 64 voxels of the lesion, nothing else
+    delta = after["intensity"][0] - before["intensity"][0]
+    assert delta[0, 1].item() == pytest.approx(3.0 * 64, rel=1e-3)
+    assert torch.allclose(delta[0, 0], torch.tensor(0.0)) and torch.allclose(delta[1], torch.zeros(2), atol=1e-3)
     assert torch.equal(before["mass"], after["mass"])
     assert not torch.allclose(head.fuse(before), head.fuse(after))
 
@@ -174,6 +178,7 @@ def test_mrff_head_learns_a_lesion_contrast_of_one_modality():
     pooled[:, 0, 1, 0] += torch.where(y == 1, 0.5, -0.5)  # modality 2 brighter in the lesion for class 1
     mass = torch.tensor([50.0, 100.0, 5000.0]).repeat(n, 1)
     sums = {"modality": (pooled * mass[:, :, None, None]).reshape(n, 3, m * f),
+            "intensity": (torch.randn(n, 3, m) * 0.2 + torch.randn(n, 1, m)) * mass[..., None],
             "decoder": torch.randn(n, 3, 8) * mass[..., None], "mass": mass}
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
     for _ in range(300):
