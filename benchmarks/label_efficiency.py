@@ -161,31 +161,38 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
+    """Dice and TSS AUC against labeled fraction, one colour per arm in both panels. Drawn with
+    matplotlib's defaults: nnU-Net's progress plots change the global style (seaborn, large fonts)."""
     import matplotlib
 
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, label in ((axes[0], "dice", "Dice (test)"), (axes[1], "tss_auc", "TSS AUC (test)")):
-        for arm, by_fraction in result["summary"].items():
-            pts = sorted((float(f), c[metric]) for f, c in by_fraction.items() if c[metric]["mean"] is not None)
-            if not pts:
-                continue
-            x = [p[0] for p in pts]
-            y = [p[1]["mean"] for p in pts]
-            err = [p[1]["sd"] or 0 for p in pts]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
-        ax.set_xscale("log")
-        ax.set_xticks(result["fractions"])
-        ax.set_xticklabels([f"{f:.0%}" for f in result["fractions"]])
-        ax.set_xlabel("labeled fraction of the training cases")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    colours = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
+    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, metric, label in ((axes[0], "dice", "Dice (test)"), (axes[1], "tss_auc", "TSS AUC (test)")):
+            for arm, by_fraction in result["summary"].items():
+                pts = sorted((float(f), c[metric]) for f, c in by_fraction.items() if c[metric]["mean"] is not None)
+                if not pts:
+                    continue
+                x = [p[0] for p in pts]
+                y = [p[1]["mean"] for p in pts]
+                err = [p[1]["sd"] or 0 for p in pts]
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm, color=colours.get(arm))
+            ax.set_xscale("log")
+            ax.set_xticks(result["fractions"])
+            ax.set_xticklabels([f"{f:.0%}" for f in result["fractions"]])
+            ax.minorticks_off()
+            ax.set_xlabel("labeled fraction of the training cases")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
+        axes[0].legend(fontsize=8)
+        axes[1].set_title("mean +- SD over split seeds; no AUC for plain nnU-Net", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
 
 
 def main(argv=None) -> int:
