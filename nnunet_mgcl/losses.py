@@ -25,6 +25,7 @@ from torch import Tensor
 
 __all__ = [
     "info_nce",
+    "positive_mask",
     "dense_info_nce",
     "alignment",
     "uniformity",
@@ -132,14 +133,25 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.1,
         z = _normalize(torch.cat([z1, z2], dim=0))                       # (2N, D)
         self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
         logits = (z @ z.T / temperature).masked_fill(self_mask, MASK_LOGIT)
-        if positive_groups is None:
-            idx = torch.arange(2 * n, device=z.device)
-            positive_mask = torch.zeros_like(self_mask)
-            positive_mask[idx, (idx + n) % (2 * n)] = True
-        else:
-            g = torch.cat([positive_groups, positive_groups]).to(z.device)
-            positive_mask = (g[:, None] == g[None, :]) & ~self_mask
-        return _nce_from_logits(logits, positive_mask)
+        return _nce_from_logits(logits, positive_mask(n, positive_groups, z.device))
+
+
+def positive_mask(n: int, positive_groups: Tensor | None = None, device: torch.device | str | None = None) -> Tensor:
+    """The (2N, 2N) bool matrix of positives that :func:`info_nce` uses for N pairs.
+
+    Rows and columns are ``cat([view1, view2])``: entry (a, c) is True when c is a positive of anchor a.
+    Without groups, each anchor's only positive is its other view (a +- N). With ``positive_groups``
+    (N,), every other embedding (either view) of a sample with the same group id is a positive too.
+    The diagonal (an anchor and itself) is never a positive.
+    """
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=device)
+    if positive_groups is None:
+        idx = torch.arange(2 * n, device=device)
+        mask = torch.zeros_like(self_mask)
+        mask[idx, (idx + n) % (2 * n)] = True
+        return mask
+    g = torch.cat([positive_groups, positive_groups]).to(device if device is not None else positive_groups.device)
+    return (g[:, None] == g[None, :]) & ~self_mask.to(g.device)
 
 
 def _negative_indices(num_pairs: int, max_negatives: int, generator: torch.Generator | None = None,

@@ -18,6 +18,12 @@ Keys used so far:
 ``pretrain``
     Contrastive pretraining (:class:`PretrainSettings`).
 
+``mmgl``
+    MMGL's two-stage pretraining schedule and its multi-scale heads (:class:`MMGLSettings`).
+
+``glcl``
+    The same for Chaitanya et al.'s global-local baseline, plus its partitions (:class:`GLCLSettings`).
+
 ``finetune``
     Multi-task fine-tuning (:class:`FinetuneSettings`).
 
@@ -27,6 +33,7 @@ Keys used so far:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -74,6 +81,9 @@ class PretrainSettings:
     - ``projection_dim`` 128 (Chaitanya's g1 / g2 output), ``projection_hidden`` 256.
     - ``global_stages`` [-1]: encoder stages pooled for the coarse grain (-1 = bottleneck).
     - ``local_stages`` [-1]: decoder stages for the fine grain (-1 = full resolution).
+    - ``global_scale_weights`` / ``local_scale_weights`` null: the weight of each stage's loss within its
+      grain, in the order of ``global_stages`` / ``local_stages``; null = equal weights summing to 1
+      (the mean over stages, so that one and several stages give losses of the same scale: our choice).
     - ``num_anchors`` 256 per sample, ``lesion_fraction`` 0.5 (DESIGN.md: half from lesion candidates).
     - ``min_overlap`` 0.5: the two crops share at least half the patch along every axis.
     - ``modality_dropout`` 0.2: probability that one channel of a view is zeroed.
@@ -96,6 +106,8 @@ class PretrainSettings:
     projection_hidden: int = 256
     global_stages: tuple[int, ...] = (-1,)
     local_stages: tuple[int, ...] = (-1,)
+    global_scale_weights: tuple[float, ...] | None = None
+    local_scale_weights: tuple[float, ...] | None = None
     num_anchors: int = 256
     lesion_fraction: float = 0.5
     min_overlap: float = 0.5
@@ -118,6 +130,33 @@ class PretrainSettings:
             raise ValueError("mgcl.pretrain.lesion_fraction and modality_dropout must be in [0, 1]")
         if self.num_anchors < 2:
             raise ValueError("mgcl.pretrain.num_anchors must be >= 2")
+        _check_stages(self, "pretrain")
+
+
+def _check_stages(settings: Any, block: str) -> None:
+    """Stage lists non-empty and without repeats; scale weights (if given) one per stage, >= 0, not all 0."""
+    for grain in ("global", "local"):
+        stages = getattr(settings, f"{grain}_stages")
+        weights = getattr(settings, f"{grain}_scale_weights")
+        where = f"{PLANS_KEY}.{block}.{grain}"
+        if not stages or len(set(stages)) != len(stages):
+            raise ValueError(f"plans setting {where}_stages must list distinct stages, got {list(stages)}")
+        if weights is None:
+            continue
+        if len(weights) != len(stages):
+            raise ValueError(f"plans setting {where}_scale_weights needs one weight per stage of {where}_stages "
+                             f"({len(stages)}), got {list(weights)}")
+        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) == 0:
+            raise ValueError(f"plans setting {where}_scale_weights must be finite, >= 0 and not all 0, "
+                             f"got {list(weights)}")
+
+
+def _tuples(raw: dict, keys: tuple[str, ...], kind: type) -> dict:
+    """JSON lists of the plans -> tuples of ``kind`` (frozen, hashable settings)."""
+    for key in keys:
+        if raw.get(key) is not None:
+            raw[key] = tuple(kind(i) for i in raw[key])
+    return raw
 
 
 def _settings_block(configuration: Mapping[str, Any], name: str, cls: type, overrides: Mapping[str, Any]) -> dict:
@@ -135,10 +174,88 @@ def _settings_block(configuration: Mapping[str, Any], name: str, cls: type, over
 def pretrain_settings(configuration: Mapping[str, Any], **overrides: Any) -> PretrainSettings:
     """The ``mgcl.pretrain`` block with defaults; ``overrides`` (a trainer variant's) win over plans."""
     raw = _settings_block(configuration, "pretrain", PretrainSettings, overrides)
-    for key in ("global_stages", "local_stages"):
-        if key in raw:
-            raw[key] = tuple(int(i) for i in raw[key])
+    _tuples(raw, ("global_stages", "local_stages"), int)
+    _tuples(raw, ("global_scale_weights", "local_scale_weights"), float)
     return PretrainSettings(**raw)
+
+
+@dataclass(frozen=True)
+class MMGLSettings:
+    """``mgcl.mmgl``: MMGL's two pretraining stages (Zhao et al., ICIP 2022).
+
+    Stage 1 trains the encoder with global (coarse) contrast through projection heads on several encoder
+    depths; stage 2 trains the decoder with local (fine) contrast through heads on several decoder
+    depths, the encoder frozen (Chaitanya et al. 2020, whose schedule MMGL follows). Everything else
+    (temperature, head sizes, anchors, views, learning rate) comes from ``mgcl.pretrain``.
+
+    - ``stage1_epochs`` null: the epochs of stage 1, the rest of the budget is stage 2; null = half of
+      ``num_epochs``, rounded up (our choice: the paper does not give its split). A value >= the
+      budget means stage 1 only (logged as a warning).
+    - ``global_stages`` [-3, -2, -1]: the three deepest encoder stages (MMGL's figure: the 256- and
+      512-channel stages and the bottleneck of a five-stage U-Net). Indices as in ``mgcl.pretrain``.
+    - ``local_stages`` [-3, -2, -1]: the three highest-resolution decoder stages (MMGL's figure: decoder
+      outputs at 1/4, 1/2 and full resolution).
+    - ``global_scale_weights`` / ``local_scale_weights`` null: equal weights summing to 1 (our choice:
+      the paper's weights are not public), else one weight per listed stage, in the same order.
+    """
+
+    stage1_epochs: int | None = None
+    global_stages: tuple[int, ...] = (-3, -2, -1)
+    local_stages: tuple[int, ...] = (-3, -2, -1)
+    global_scale_weights: tuple[float, ...] | None = None
+    local_scale_weights: tuple[float, ...] | None = None
+
+    #: the plans block these settings come from (``mgcl.<block>``)
+    block = "mmgl"
+
+    def __post_init__(self) -> None:
+        if self.stage1_epochs is not None and (not isinstance(self.stage1_epochs, int)
+                                               or isinstance(self.stage1_epochs, bool) or self.stage1_epochs < 1):
+            raise ValueError(f"plans setting {PLANS_KEY}.{self.block}.stage1_epochs must be a positive integer or "
+                             f"null, got {self.stage1_epochs!r}")
+        _check_stages(self, self.block)
+
+    def stage1_length(self, num_epochs: int) -> int:
+        """Epochs of stage 1 for a budget of ``num_epochs``."""
+        return self.stage1_epochs if self.stage1_epochs is not None else max(1, math.ceil(num_epochs / 2))
+
+
+@dataclass(frozen=True)
+class GLCLSettings(MMGLSettings):
+    """``mgcl.glcl``: Chaitanya et al.'s global-local contrastive pretraining (NeurIPS 2020).
+
+    The stage keys mean what they mean in :class:`MMGLSettings`, with single-scale defaults:
+
+    - ``global_stages`` [-1]: one global head, on the bottleneck (Chaitanya's g1 on the encoder output).
+    - ``local_stages`` [-1]: one local head, on the full-resolution decoder stage. Our choice: Chaitanya
+      et al. attach g2 after 3 of their 5 decoder blocks; nnU-Net's depth depends on the plans, and the
+      last stage pretrains every decoder tensor that transfers. ``[-3]`` on a six-stage plan is theirs.
+    - ``num_partitions`` 4: S, the partitions of each volume along its first axis for the G^D positives
+      (Chaitanya's ``n_parts``).
+    """
+
+    global_stages: tuple[int, ...] = (-1,)
+    local_stages: tuple[int, ...] = (-1,)
+    num_partitions: int = 4
+
+    block = "glcl"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.num_partitions, int) or isinstance(self.num_partitions, bool) \
+                or self.num_partitions < 1:
+            raise ValueError(f"plans setting {PLANS_KEY}.glcl.num_partitions must be a positive integer, "
+                             f"got {self.num_partitions!r}")
+
+
+def staged_settings(configuration: Mapping[str, Any], cls: type[MMGLSettings] = MMGLSettings,
+                    **overrides: Any) -> MMGLSettings:
+    """The ``mgcl.mmgl`` (``cls`` = :class:`MMGLSettings`) or ``mgcl.glcl`` (:class:`GLCLSettings`) block
+    with defaults; ``overrides`` win over the plans."""
+    raw = _settings_block(configuration, cls.block, cls, overrides)
+    _tuples(raw, ("global_stages", "local_stages"), int)
+    _tuples(raw, ("global_scale_weights", "local_scale_weights"), float)
+    return cls(**raw)
 
 
 @dataclass(frozen=True)

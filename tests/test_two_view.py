@@ -194,3 +194,13 @@ def test_2d_views_come_from_the_same_slice_and_match_in_plane():
         p2 = _values_at(batch["view2"][b, :3], batch["anchors2"][b][ok])
         assert torch.allclose(p1[:, 0], p2[:, 0])  # channel 0 = slice index: the same slice in both views
         assert (p1[:, 1:] - p2[:, 1:]).norm(dim=1).max() <= 1.0
+
+
+def test_batch_tells_where_in_the_case_view_one_was_cropped():
+    np.random.seed(4)
+    batch = _loader().generate_train_batch()
+    assert batch["case_shape"].tolist() == [list(SHAPE)] * 2
+    for b in range(2):
+        # the channels are source coordinates; the spatial augmentation rotates and scales about the centre
+        middle = batch["view1"][b, :3, 12, 16, 14]
+        assert (middle - batch["centre"][b]).abs().max() <= 1.5

@@ -7,7 +7,11 @@ residual encoder, 2D or 3D) with
   scan, the other scans of the batch as negatives (optionally cross-modality positives);
 - the **fine-grained** loss: dense InfoNCE between projected decoder features of the two views at
   anchor voxels that show the same physical location, the other anchors as negatives; half of the
-  anchors are label-free lesion candidates (:mod:`nnunet_mgcl.data.two_view`).
+  anchors are label-free lesion candidates (:mod:`nnunet_mgcl.data.two_view`). Anchor pairs that fall
+  into the same voxel of a decoder stage's map (in either view) count once (:func:`distinct_pairs`).
+
+With several stages per grain (``global_stages`` / ``local_stages``), a grain's loss is the weighted
+sum of its stages' losses (``*_scale_weights``, default the mean).
 
 Settings come from the plans block ``mgcl.pretrain`` (:class:`nnunet_mgcl.settings.PretrainSettings`),
 the budget from ``mgcl.pretrain_budget`` (else ``mgcl.budget``). Both losses, alignment and uniformity
@@ -61,8 +65,7 @@ class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._apply_plans_budget()
-        self.settings: PretrainSettings = pretrain_settings(self.configuration_manager.configuration,
-                                                            **self.settings_overrides)
+        self.settings: PretrainSettings = self.pretrain_settings_for(self.configuration_manager.configuration)
         self.initial_lr = self.settings.initial_lr
         self.weight_decay = self.settings.weight_decay
         self.enable_deep_supervision = False  # no segmentation outputs are trained
@@ -75,8 +78,13 @@ class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer
                                    num_output_channels: int, enable_deep_supervision: bool = True):
         unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                         num_output_channels, enable_deep_supervision)
-        settings = pretrain_settings(configuration_manager.configuration, **cls.settings_overrides)
-        return ContrastiveUNet(unet, settings)
+        return ContrastiveUNet(unet, cls.pretrain_settings_for(configuration_manager.configuration))
+
+    @classmethod
+    def pretrain_settings_for(cls, configuration: dict) -> PretrainSettings:
+        """The settings of this trainer for one plans configuration: ``mgcl.pretrain`` with the variant's
+        ``settings_overrides`` (a classmethod, as the static network builder needs them at inference)."""
+        return pretrain_settings(configuration, **cls.settings_overrides)
 
     def _do_i_compile(self) -> bool:
         # our step calls network.features(), which torch.compile's wrapper would not compile anyway
@@ -131,39 +139,55 @@ class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer
         return mt_tr, mt_val
 
     # -- losses ------------------------------------------------------------------------------------
+    def active_heads(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.nn.Module]]:
+        """(global heads, local heads) whose losses this step computes, keyed by stage: all of them here;
+        the staged trainers (MMGL, GLCL) activate one grain per stage."""
+        return dict(self.network.global_heads), dict(self.network.local_heads)
+
+    def global_positive_groups(self, batch: dict) -> torch.Tensor | None:
+        """Extra positives of the coarse loss (``info_nce``'s ``positive_groups``): samples of the same case
+        with cross-modality positives, else none (SimCLR's in-batch negatives). GLCL overrides it."""
+        return _positive_groups(batch["keys"], self.device) if self.settings.cross_modality_positives else None
+
     def _contrastive_step(self, batch: dict) -> dict[str, torch.Tensor]:
         v1 = batch["view1"].to(self.device, non_blocking=True)
         v2 = batch["view2"].to(self.device, non_blocking=True)
         b = v1.shape[0]
         net = self.network
         s = self.settings
-        feats = net.features(torch.cat([v1, v2]), run_decoder=len(net.local_heads) > 0)
+        global_heads, local_heads = self.active_heads()
+        feats = net.features(torch.cat([v1, v2]), run_decoder=len(local_heads) > 0)
         out: dict[str, torch.Tensor] = {}
         zero = v1.new_zeros(())
-        groups = _positive_groups(batch["keys"], self.device) if s.cross_modality_positives else None
+        groups = self.global_positive_groups(batch) if global_heads else None
+        # each grain: the weighted sum of its stages' losses (weights from the settings, default the mean)
         global_loss = zero
-        for stage, head in net.global_heads.items():
+        for stage, head in global_heads.items():
             z = head(feats.encoder[int(stage)])
-            global_loss = global_loss + info_nce(z[:b], z[b:], s.temperature, positive_groups=groups)
+            loss = info_nce(z[:b], z[b:], s.temperature, positive_groups=groups)
+            global_loss = global_loss + net.global_weights[stage] * loss
             out.setdefault("z1", z[:b].detach()), out.setdefault("z2", z[b:].detach())
         local_loss = zero
-        if len(net.local_heads):
+        if local_heads:
             valid = batch["anchor_valid"].to(self.device)
             sample = torch.arange(b, device=self.device)[:, None].expand_as(valid)[valid]
-            samples = torch.cat([sample, sample + b])  # view-2 features sit in the second half of the batch
-            anchors = torch.cat([batch["anchors1"].to(self.device)[valid], batch["anchors2"].to(self.device)[valid]])
-            m = sample.shape[0]
+            anchors1, anchors2 = batch["anchors1"].to(self.device)[valid], batch["anchors2"].to(self.device)[valid]
             scales = net.decoder_scales
-            for stage, head in net.local_heads.items():
+            for stage, head in local_heads.items():
                 scale = torch.tensor(scales[int(stage)], device=self.device)
+                keep = distinct_pairs(sample, anchors1 // scale, anchors2 // scale)
+                m = keep.shape[0]
+                if m < 2:
+                    continue  # no negatives at this stage in this batch (all anchors in one coarse voxel)
+                samples = torch.cat([sample[keep], sample[keep] + b])  # view-2 features: second half of the batch
+                anchors = torch.cat([anchors1[keep] // scale, anchors2[keep] // scale])
                 # one gather for both views: its backward writes a single map-sized gradient buffer
-                f = head.at(feats.decoder[int(stage)], samples, anchors // scale)
+                f = head.at(feats.decoder[int(stage)], samples, anchors)
                 f1, f2 = f[:m], f[m:]
-                local_loss = local_loss + dense_info_nce(f1, f2, s.temperature)
+                local_loss = local_loss + net.local_weights[stage] * dense_info_nce(f1, f2, s.temperature)
                 out.setdefault("f1", f1.detach()), out.setdefault("f2", f2.detach())
-        n_g, n_l = max(1, len(net.global_heads)), max(1, len(net.local_heads))
-        out["global"] = global_loss / n_g
-        out["local"] = local_loss / n_l
+        out["global"] = global_loss
+        out["local"] = local_loss
         out["loss"] = s.global_weight * out["global"] + s.local_weight * out["local"]
         return out
 
@@ -172,7 +196,10 @@ class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             out = self._contrastive_step(batch)
         loss = out["loss"]
-        backward_and_step(self, loss)
+        if loss.requires_grad:
+            backward_and_step(self, loss)
+        else:  # no pair to contrast in this batch (e.g. no matched anchor at all): nothing to learn from
+            self.print_to_log_file("WARNING: a training batch without contrastive pairs, step skipped")
         return {k: out[k].detach().float().cpu().numpy() for k in ("loss", "global", "local")}
 
     def validation_step(self, batch: dict) -> dict:
@@ -185,22 +212,26 @@ class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer
         return result
 
     # -- epoch bookkeeping -------------------------------------------------------------------------
-    def _grain(self, value: float, weight: float) -> float:
-        return float(value) if weight > 0 else float("nan")
+    def _grain(self, value: float, grain: str) -> float:
+        """A grain's loss, or NaN when the grain is off (weight 0, or not trained in this stage)."""
+        global_heads, local_heads = self.active_heads()
+        weight = self.settings.global_weight if grain == "global" else self.settings.local_weight
+        active = bool(global_heads if grain == "global" else local_heads)
+        return float(value) if weight > 0 and active else float("nan")
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         o = collate_outputs(train_outputs)
-        e, s = self.current_epoch, self.settings
+        e = self.current_epoch
         self.logger.log("train_losses", float(np.mean(o["loss"])), e)
-        self.logger.log("train_global_loss", self._grain(np.mean(o["global"]), s.global_weight), e)
-        self.logger.log("train_local_loss", self._grain(np.mean(o["local"]), s.local_weight), e)
+        self.logger.log("train_global_loss", self._grain(np.mean(o["global"]), "global"), e)
+        self.logger.log("train_local_loss", self._grain(np.mean(o["local"]), "local"), e)
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
-        e, s = self.current_epoch, self.settings
+        e = self.current_epoch
         loss = float(np.mean([o["loss"] for o in val_outputs]))
         self.logger.log("val_losses", loss, e)
-        self.logger.log("val_global_loss", self._grain(np.mean([o["global"] for o in val_outputs]), s.global_weight), e)
-        self.logger.log("val_local_loss", self._grain(np.mean([o["local"] for o in val_outputs]), s.local_weight), e)
+        self.logger.log("val_global_loss", self._grain(np.mean([o["global"] for o in val_outputs]), "global"), e)
+        self.logger.log("val_local_loss", self._grain(np.mean([o["local"] for o in val_outputs]), "local"), e)
         e1 = torch.from_numpy(np.concatenate([o["e1"] for o in val_outputs]))
         e2 = torch.from_numpy(np.concatenate([o["e2"] for o in val_outputs]))
         self.logger.log("alignment", float(alignment(e1, e2)), e)
@@ -227,13 +258,18 @@ class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
         self.current_epoch += 1
-        reason = collapse_reason(self.logger.get_value("uniformity", step=None), self.settings)
+        reason = collapse_reason(self.uniformity_history(), self.settings)
         if reason is not None:
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
             msg = (f"representation collapse: {reason}; training stopped after epoch {e}. Lower "
                    "mgcl.pretrain.initial_lr or raise mgcl.pretrain.temperature in the plans, then start again.")
             self.print_to_log_file(msg)
             raise RepresentationCollapse(msg)
+
+    def uniformity_history(self) -> list[float]:
+        """The uniformity values the collapse check looks at: every epoch (the staged trainers: the current
+        stage's epochs, as each stage's heads start afresh)."""
+        return self.logger.get_value("uniformity", step=None)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
@@ -246,9 +282,14 @@ class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer
                 "val_local_loss", "alignment", "uniformity")
         summary = {k: self.logger.get_value(k, step=-1) for k in keys if self.logger.get_value(k, step=None)}
         summary["epochs"] = len(self.logger.get_value("train_losses", step=None))
+        summary.update(self.summary_extras())
         with open(join(self.output_folder, "pretraining_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         self.print_to_log_file(f"pretraining summary: {summary}")
+
+    def summary_extras(self) -> dict:
+        """More entries for ``pretraining_summary.json`` (the staged trainers add their stage)."""
+        return {}
 
     # -- checkpoint --------------------------------------------------------------------------------
     def checkpoint_extras(self) -> dict:
@@ -282,6 +323,24 @@ def collapse_reason(uniformity_history: list[float], settings: PretrainSettings)
     if len(collapsed) >= settings.collapse_warmup:
         return f"uniformity {uniformity_history[-1]:.4f} (worst: 0) has not spread out in {len(collapsed)} epochs"
     return None
+
+
+def distinct_pairs(sample: torch.Tensor, voxels1: torch.Tensor, voxels2: torch.Tensor) -> torch.Tensor:
+    """Indices of the anchor pairs to keep at one decoder stage: the first of each group of pairs that fall
+    into the same voxel of that stage's map, in view 1 or in view 2.
+
+    At a coarser stage several full-resolution anchors share a voxel; kept twice, the same feature
+    vector would be both an anchor's positive and its negative. (M,) sample index and (M, D) voxel
+    indices of both views in, sorted (K,) long indices out.
+    """
+    keep = torch.arange(sample.shape[0], device=sample.device)
+    for voxels in (voxels1, voxels2):
+        rows = torch.cat([sample[keep, None], voxels[keep]], dim=1)
+        unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        first = torch.full((unique.shape[0],), rows.shape[0], dtype=torch.long, device=sample.device)
+        first.scatter_reduce_(0, inverse, torch.arange(rows.shape[0], device=sample.device), reduce="amin")
+        keep = keep[first.sort().values]
+    return keep
 
 
 def _positive_groups(keys, device) -> torch.Tensor:

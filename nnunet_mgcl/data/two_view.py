@@ -15,7 +15,10 @@ view 2 (:mod:`nnunet_mgcl.data.correspondence`): ``lesion_fraction`` of them fro
 sample), so the loss' memory does not depend on the patch size.
 
 Batch keys: ``view1``, ``view2`` (B, C, *patch) float32; ``anchors1``, ``anchors2`` (B, K, D) long voxel
-indices into the views; ``anchor_valid`` and ``anchor_candidate`` (B, K) bool; ``keys``.
+indices into the views; ``anchor_valid`` and ``anchor_candidate`` (B, K) bool; ``centre`` (B, 3) float32,
+the centre of view 1's box in voxel coordinates of the preprocessed case, and ``case_shape`` (B, 3) long,
+that case's spatial shape (nnU-Net stores 2D cases as 3D arrays, slices along the first axis), so that a
+trainer can tell where in the volume a sample comes from (Chaitanya's partitions); ``keys``.
 """
 from __future__ import annotations
 
@@ -136,7 +139,7 @@ class TwoViewDataLoader(nnUNetDataLoader):
     def generate_train_batch(self) -> dict:
         keys = self.get_indices()
         out: dict[str, list] = {name: [] for name in ("view1", "view2", "anchors1", "anchors2", "anchor_valid",
-                                                      "anchor_candidate")}
+                                                      "anchor_candidate", "centre", "case_shape")}
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
             for key in keys:
                 data, seg, _, _ = self._data.load_case(key)
@@ -145,7 +148,9 @@ class TwoViewDataLoader(nnUNetDataLoader):
                 img1, coords1, cand1, head1, _ = self._view(data, seg, lbs1)
                 img2, coords2, _, head2, valid2 = self._view(data, seg, lbs2)
                 a1, a2, valid, is_cand = self._anchors(coords1, cand1, head1, coords2, head2, valid2)
-                for name, value in zip(out, (img1, img2, a1, a2, valid, is_cand)):
+                centre = torch.tensor([lb + p / 2 for lb, p in zip(lbs1, self.patch_size)], dtype=torch.float32)
+                shape = torch.tensor(data.shape[1:], dtype=torch.long)
+                for name, value in zip(out, (img1, img2, a1, a2, valid, is_cand, centre, shape)):
                     out[name].append(value)
         batch = {name: torch.stack(values) for name, values in out.items()}
         batch["keys"] = keys

@@ -1,7 +1,9 @@
 """The plans' U-Net with projection heads for contrastive pretraining (MGCL, and MMGL's multi-scale form).
 
-Heads attach where the ``mgcl.pretrain`` plans settings say: global (coarse-grained) heads on encoder
-stages, local (fine-grained) heads on decoder stages; a grain whose loss weight is 0 gets no head. The
+Heads attach where the ``mgcl.pretrain`` plans settings say (or ``mgcl.mmgl`` / ``mgcl.glcl`` for the
+staged trainers): global (coarse-grained) heads on encoder stages, local (fine-grained) heads on decoder
+stages, each with the weight of its loss within its grain (``global_weights`` / ``local_weights``,
+keyed like the heads); a grain whose loss weight is 0 gets no head. The
 default ``forward`` is the plain U-Net's, and the U-Net's parameters keep their plain names, so the
 pretrained ``encoder.*`` / ``decoder.*`` weights load into plain nnU-Net and into our fine-tuning
 trainers; the heads (``global_heads.*``, ``local_heads.*``) are dropped there.
@@ -15,13 +17,21 @@ from nnunet_mgcl.networks.wrapper import FeatureUNet
 from nnunet_mgcl.settings import PretrainSettings
 
 
-def _normalise_stages(stages: tuple[int, ...], n: int, what: str) -> list[int]:
-    out = []
-    for s in stages:
+def _stage_weights(stages: tuple[int, ...], weights: tuple[float, ...] | None, n: int, what: str) -> dict[str, float]:
+    """Stage index (0..n-1, as a ModuleDict key) -> weight of its loss, lowest index first.
+
+    ``weights`` None: equal weights summing to 1. Two settings that name the same stage (e.g. -1 and
+    n-1) are refused: their weights would be ambiguous.
+    """
+    out: dict[int, float] = {}
+    weights = weights if weights is not None else (1.0 / len(stages),) * len(stages)
+    for s, w in zip(stages, weights):
         if not -n <= s < n:
             raise ValueError(f"{what} stage {s} does not exist: the network has {n} {what} stages")
-        out.append(s % n)
-    return sorted(set(out))
+        if s % n in out:
+            raise ValueError(f"{what} stages {list(stages)} name stage {s % n} twice (the network has {n} stages)")
+        out[s % n] = float(w)
+    return {str(s): out[s] for s in sorted(out)}
 
 
 class ContrastiveUNet(FeatureUNet):
@@ -29,7 +39,11 @@ class ContrastiveUNet(FeatureUNet):
         super().__init__(unet)
         enc, dec = self.encoder_channels, self.decoder_channels
         hidden, dim = settings.projection_hidden, settings.projection_dim
-        g = _normalise_stages(settings.global_stages, len(enc), "encoder") if settings.global_weight > 0 else []
-        loc = _normalise_stages(settings.local_stages, len(dec), "decoder") if settings.local_weight > 0 else []
-        self.global_heads = nn.ModuleDict({str(s): GlobalProjectionHead(enc[s], hidden, dim) for s in g})
-        self.local_heads = nn.ModuleDict({str(s): LocalProjectionHead(dec[s], hidden, dim) for s in loc})
+        self.global_weights = _stage_weights(settings.global_stages, settings.global_scale_weights, len(enc),
+                                             "encoder") if settings.global_weight > 0 else {}
+        self.local_weights = _stage_weights(settings.local_stages, settings.local_scale_weights, len(dec),
+                                            "decoder") if settings.local_weight > 0 else {}
+        self.global_heads = nn.ModuleDict({s: GlobalProjectionHead(enc[int(s)], hidden, dim)
+                                           for s in self.global_weights})
+        self.local_heads = nn.ModuleDict({s: LocalProjectionHead(dec[int(s)], hidden, dim)
+                                          for s in self.local_weights})
