@@ -9,6 +9,7 @@ from nnunet_mgcl.trainers.mgcl_pretrain import (
     nnUNetTrainerMGCLPretrain_coarse,
     nnUNetTrainerMGCLPretrain_fine,
 )
+from nnunet_mgcl.trainers.mmgl import nnUNetTrainerMMGL
 from nnunet_mgcl.trainers.plans_budget import nnUNetTrainerPlansBudget
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "nnUNetTrainerMGCLPretrain_fine",
     "nnUNetTrainerMGCL",
     "nnUNetTrainerMGCL_noMRFF",
+    "nnUNetTrainerMMGL",
 ]
