@@ -98,3 +98,33 @@ class MultiTaskLocalLogger(LocalLogger):
 
     def plot_progress_png(self, output_folder: str) -> None:
         _plot(self.my_fantastic_logging, self.PANELS, output_folder)
+
+
+class CoTrainingLocalLogger(LocalLogger):
+    """MMGL fine-tuning: nnU-Net's keys plus the segmentation and cross-view co-training terms.
+
+    ``train_losses`` is the total that was optimised (segmentation + weighted co-training loss);
+    ``train_seg_loss`` is nnU-Net's Dice + CE alone, comparable with ``nnUNetTrainer``'s train loss.
+    Quantities of a switched-off co-training are NaN (not drawn).
+    """
+
+    EXTRA_KEYS = ("train_seg_loss", "train_cotrain_loss", "cotrain_weight", "cotrain_confident_fraction",
+                  "cotrain_view_agreement", "cotrain_seconds")
+    PANELS = [
+        ("loss", "pseudo-Dice", [
+            Curve("train_losses", "loss train (total)", "b-"), Curve("val_losses", "loss val", "r-"),
+            Curve("train_seg_loss", "segmentation loss train", "b--"),
+            Curve("mean_fg_dice", "pseudo dice", "g:", True), Curve("ema_fg_dice", "pseudo dice (mov. avg.)", "g-", True)]),
+        ("co-training loss", "weight / fraction", [
+            Curve("train_cotrain_loss", "cross-view loss (unweighted)", "m-"),
+            Curve("cotrain_weight", "weight (ramp-up)", "k--", True),
+            Curve("cotrain_confident_fraction", "confident voxels", "c:", True),
+            Curve("cotrain_view_agreement", "views agree", "y-", True)]),
+    ]
+
+    def __init__(self, verbose: bool = False) -> None:
+        super().__init__(verbose)
+        self.my_fantastic_logging.update({k: [] for k in self.EXTRA_KEYS})
+
+    def plot_progress_png(self, output_folder: str) -> None:
+        _plot(self.my_fantastic_logging, self.PANELS, output_folder)

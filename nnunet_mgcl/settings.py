@@ -27,6 +27,9 @@ Keys used so far:
 ``finetune``
     Multi-task fine-tuning (:class:`FinetuneSettings`).
 
+``mmgl_finetune``
+    MMGL fine-tuning with multi-view co-training (:class:`MMGLFinetuneSettings`).
+
 ``classifier``
     Written by the fine-tuning trainers into their plans copy (``num_classes``, ``num_modalities``):
     the classification head's shape, which ``build_network_architecture`` needs at inference.
@@ -300,6 +303,62 @@ class FinetuneSettings:
 def finetune_settings(configuration: Mapping[str, Any], **overrides: Any) -> FinetuneSettings:
     """The ``mgcl.finetune`` block with defaults; ``overrides`` (a trainer variant's) win over plans."""
     return FinetuneSettings(**_settings_block(configuration, "finetune", FinetuneSettings, overrides))
+
+
+@dataclass(frozen=True)
+class MMGLFinetuneSettings:
+    """``mgcl.mmgl_finetune``: deeply supervised fine-tuning plus multi-view co-training on the split's
+    unlabeled cases (:mod:`nnunet_mgcl.multiview` has the loss). Defaults are ours (MMGL's are not public).
+
+    - ``weight`` 1.0: the co-training loss weight reached at the end of the ramp (0 switches co-training
+      off). The soft cross-view loss is a KL divergence, on the scale of nnU-Net's CE term.
+    - ``rampup_epochs`` null: a quarter of ``num_epochs`` (250 of nnU-Net's 1000); the sigmoid ramp-up
+      ``exp(-5 (1 - t)^2)`` of mean teacher. 0: full weight from the start.
+    - ``confidence_threshold`` 0.8: voxels whose cross-view target is less confident (max probability)
+      contribute nothing.
+    - ``unlabeled_batch_size`` null: half the labeled batch size, at least 1. Each unlabeled patch is run
+      through the network once per view (up to 3), so this sets the extra cost of a step: with the
+      default and 3 views, about 1.5 extra forward/backward passes of a labeled batch.
+    - ``target`` "soft": KL to the other views' mean softmax (zero when the views agree); "hard":
+      cross-entropy to its argmax (a hard pseudo-label).
+    """
+
+    weight: float = 1.0
+    rampup_epochs: int | None = None
+    confidence_threshold: float = 0.8
+    unlabeled_batch_size: int | None = None
+    target: str = "soft"
+
+    def __post_init__(self) -> None:
+        name = f"{PLANS_KEY}.mmgl_finetune"
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight >= 0:
+            raise ValueError(f"{name}.weight must be a number >= 0, got {self.weight!r}")
+        if self.rampup_epochs is not None and (isinstance(self.rampup_epochs, bool) or
+                                               not isinstance(self.rampup_epochs, int) or self.rampup_epochs < 0):
+            raise ValueError(f"{name}.rampup_epochs must be null or an integer >= 0, got {self.rampup_epochs!r}")
+        if isinstance(self.confidence_threshold, bool) or not isinstance(self.confidence_threshold, (int, float)) \
+                or not 0 <= self.confidence_threshold <= 1:
+            raise ValueError(f"{name}.confidence_threshold must be in [0, 1], got {self.confidence_threshold!r}")
+        if self.unlabeled_batch_size is not None and (isinstance(self.unlabeled_batch_size, bool) or
+                                                      not isinstance(self.unlabeled_batch_size, int) or
+                                                      self.unlabeled_batch_size < 1):
+            raise ValueError(f"{name}.unlabeled_batch_size must be null or a positive integer, got "
+                             f"{self.unlabeled_batch_size!r}")
+        if self.target not in ("soft", "hard"):
+            raise ValueError(f"{name}.target must be 'soft' or 'hard', got {self.target!r}")
+
+    def rampup_length(self, num_epochs: int) -> int:
+        """The ramp's length in epochs for a training of ``num_epochs``."""
+        return round(num_epochs / 4) if self.rampup_epochs is None else self.rampup_epochs
+
+    def unlabeled_batch(self, batch_size: int) -> int:
+        """Unlabeled patches per step for a labeled batch of ``batch_size``."""
+        return max(1, batch_size // 2) if self.unlabeled_batch_size is None else self.unlabeled_batch_size
+
+
+def mmgl_finetune_settings(configuration: Mapping[str, Any], **overrides: Any) -> MMGLFinetuneSettings:
+    """The ``mgcl.mmgl_finetune`` block with defaults; ``overrides`` (a trainer variant's) win over plans."""
+    return MMGLFinetuneSettings(**_settings_block(configuration, "mmgl_finetune", MMGLFinetuneSettings, overrides))
 
 
 def classifier_shape(configuration: Mapping[str, Any]) -> tuple[int, int]:

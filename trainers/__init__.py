@@ -10,6 +10,7 @@ from nnunet_mgcl.trainers.mgcl_pretrain import (
     nnUNetTrainerMGCLPretrain_coarse,
     nnUNetTrainerMGCLPretrain_fine,
 )
+from nnunet_mgcl.trainers.mmgl import nnUNetTrainerMMGL
 from nnunet_mgcl.trainers.mmgl_pretrain import nnUNetTrainerMMGLPretrain
 from nnunet_mgcl.trainers.plans_budget import nnUNetTrainerPlansBudget
 from nnunet_mgcl.trainers.simclr_pretrain import nnUNetTrainerSimCLRPretrain
@@ -24,4 +25,5 @@ __all__ = [
     "nnUNetTrainerGLCLPretrain",
     "nnUNetTrainerMGCL",
     "nnUNetTrainerMGCL_noMRFF",
+    "nnUNetTrainerMMGL",
 ]

@@ -1,10 +1,17 @@
 """Behaviour shared by all our trainers, as mixins placed before ``nnUNetTrainer`` in the MRO."""
 from __future__ import annotations
 
+from os.path import isfile, join
+from typing import ClassVar
+
 from torch._dynamo import OptimizedModule
 
 from nnunet_mgcl.checkpoints import atomic_torch_save, to_cpu
 from nnunet_mgcl.settings import budget
+
+#: attribute our fine-tuning trainers set on their network in ``initialize()``: the file it was
+#: initialised from (None until then). Its presence routes ``-pretrained_weights`` to our loader.
+INITIALIZED_FROM = "initialized_from"
 
 
 class PlansBudgetMixin:
@@ -64,11 +71,26 @@ class CheckpointMixin:
 
 def backward_and_step(trainer, loss, extra_optimizers=()) -> None:
     """nnU-Net's update: (scaled) backward, gradient clipping at norm 12, optimiser step(s)."""
+    scaled_backward(trainer, loss)
+    clip_and_step(trainer, extra_optimizers)
+
+
+def scaled_backward(trainer, loss) -> None:
+    """``loss.backward()``, through nnU-Net's gradient scaler on CUDA. Gradients add up over calls, so
+    a step with several losses can free each graph before building the next (see :func:`clip_and_step`)."""
+    if trainer.grad_scaler is not None:
+        trainer.grad_scaler.scale(loss).backward()
+    else:
+        loss.backward()
+
+
+def clip_and_step(trainer, extra_optimizers=()) -> None:
+    """The rest of nnU-Net's update after :func:`scaled_backward`: unscale, clip the gradient norm at 12,
+    optimiser step(s), scaler update."""
     import torch
 
     optimizers = [trainer.optimizer, *extra_optimizers]
     if trainer.grad_scaler is not None:
-        trainer.grad_scaler.scale(loss).backward()
         for opt in optimizers:
             trainer.grad_scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), 12)
@@ -76,10 +98,92 @@ def backward_and_step(trainer, loss, extra_optimizers=()) -> None:
             trainer.grad_scaler.step(opt)
         trainer.grad_scaler.update()
     else:
-        loss.backward()
         torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), 12)
         for opt in optimizers:
             opt.step()
+
+
+def unwrap_network(network):
+    """The module itself, without DDP or ``torch.compile`` wrappers."""
+    mod = network.module if hasattr(network, "module") and not isinstance(network, OptimizedModule) else network
+    return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+
+def route_pretrained_weights_loader() -> None:
+    """Make ``nnUNetv2_train -pretrained_weights`` use :func:`nnunet_mgcl.transfer.load_pretrained` for the
+    networks of our fine-tuning trainers (those carrying :data:`INITIALIZED_FROM`).
+
+    nnU-Net's own loader requires every key of the target network in the checkpoint (a classification
+    head has none in a pretraining checkpoint) and reads CUDA tensors back onto a GPU. It is a module
+    function called by ``run_training`` after ``trainer.initialize()``, so we replace it there, once per
+    process; other networks (plain nnU-Net trainers) keep nnU-Net's loader.
+    """
+    import nnunetv2.run.run_training as run_training
+
+    from nnunet_mgcl.transfer import load_pretrained
+
+    original = run_training.load_pretrained_weights
+    if getattr(original, "_nnunet_mgcl", False):
+        return
+
+    def load(network, fname, verbose=False):
+        target = unwrap_network(network)
+        if hasattr(target, INITIALIZED_FROM):
+            report = load_pretrained(target, fname)
+            print(report.summary())
+            setattr(target, INITIALIZED_FROM, str(fname))
+        else:
+            original(network, fname, verbose=verbose)
+
+    load._nnunet_mgcl = True
+    run_training.load_pretrained_weights = load
+
+
+class PretrainedInitMixin:
+    """Initialisation of a fine-tuning trainer from its method's pretraining checkpoint.
+
+    Order: ``-pretrained_weights FILE`` when given (routed to our loader by
+    :func:`route_pretrained_weights_loader`), else the pretraining checkpoint of the same dataset, plans
+    and configuration, ``<pretraining_trainer>__PLANS__CFG/fold_all/checkpoint_final.pth``, when it
+    exists, else from scratch. Encoder and decoder tensors only (:func:`nnunet_mgcl.transfer.load_pretrained`);
+    the file and the counts of loaded / skipped tensors go to the training log.
+
+    Call :meth:`_prepare_pretrained_init` at the end of ``initialize()`` and
+    :meth:`_initialise_from_pretraining` in ``on_train_start()`` (after nnU-Net's, so that ``--c`` has
+    already restored ``current_epoch``: a resumed run is never re-initialised).
+    """
+
+    pretraining_trainer: ClassVar[str]
+    pretraining_method: ClassVar[str]  # for messages, e.g. "MGCL"
+
+    def _prepare_pretrained_init(self) -> None:
+        route_pretrained_weights_loader()
+        setattr(unwrap_network(self.network), INITIALIZED_FROM, None)
+
+    def pretraining_checkpoint(self) -> str | None:
+        """The pretraining checkpoint of this dataset / plans / configuration, if there is one."""
+        from nnunetv2.paths import nnUNet_results
+
+        folder = f"{self.pretraining_trainer}__{self.plans_manager.plans_name}__{self.configuration_name}"
+        path = join(nnUNet_results, self.plans_manager.dataset_name, folder, "fold_all", "checkpoint_final.pth")
+        return path if isfile(path) else None
+
+    def _initialise_from_pretraining(self) -> None:
+        from nnunet_mgcl.transfer import load_pretrained
+
+        net = unwrap_network(self.network)
+        source = getattr(net, INITIALIZED_FROM, None)
+        if source is not None:
+            self.print_to_log_file(f"initialised from {source} (-pretrained_weights)")
+        elif self.current_epoch == 0:
+            ckpt = self.pretraining_checkpoint()
+            if ckpt is None:
+                self.print_to_log_file(f"no {self.pretraining_method} pretraining checkpoint found: training from "
+                                       "scratch")
+            else:
+                report = load_pretrained(net, ckpt)
+                setattr(net, INITIALIZED_FROM, ckpt)
+                self.print_to_log_file(report.summary())
 
 
 def wrap_in_augmenters(dl_tr, dl_val, device):

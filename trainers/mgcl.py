@@ -8,9 +8,10 @@
   scratch. Encoder and decoder tensors only, on the CPU, a different input channel count adapted
   (:mod:`nnunet_mgcl.transfer`); the file and the counts of loaded / skipped tensors are logged. nnU-Net's
   own ``-pretrained_weights`` loader requires every key of the target network (our classification head
-  has none in a pretraining checkpoint) and reads CUDA tensors back onto a GPU, so while one of these
-  trainers is constructed, ``nnunetv2.run.run_training.load_pretrained_weights`` is routed to ours for
-  our networks (other networks keep nnU-Net's loader).
+  has none in a pretraining checkpoint) and reads CUDA tensors back onto a GPU, so once one of these
+  trainers is initialised, ``nnunetv2.run.run_training.load_pretrained_weights`` is routed to ours for
+  our networks (other networks keep nnU-Net's loader); see
+  :class:`~nnunet_mgcl.trainers.base.PretrainedInitMixin`.
 - **Segmentation** exactly as nnU-Net (Dice + CE, deep supervision, same augmentation, same loader).
 - **Classification**: the case label of each sampled case (``dataset.json["case_labels"]``; binary
   TSS or multi-class such as the total CSVD score) through the MRFF head
@@ -31,12 +32,11 @@
 from __future__ import annotations
 
 import json
-from os.path import isfile, join
+from os.path import join
 from typing import ClassVar
 
 import numpy as np
 import torch
-from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
@@ -50,35 +50,12 @@ from nnunet_mgcl.evaluation.classification import classification_metrics, roc_au
 from nnunet_mgcl.networks.multitask import MultiTaskUNet
 from nnunet_mgcl.progress import MultiTaskLocalLogger
 from nnunet_mgcl.settings import classifier_shape, finetune_settings
-from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, backward_and_step
-from nnunet_mgcl.transfer import load_pretrained
+from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, backward_and_step
 
-PRETRAINER = "nnUNetTrainerMGCLPretrain"
-
-
-def _route_pretrained_weights_loader() -> None:
-    """Make ``nnUNetv2_train -pretrained_weights`` use :func:`load_pretrained` for our networks."""
-    import nnunetv2.run.run_training as run_training
-
-    original = run_training.load_pretrained_weights
-    if getattr(original, "_nnunet_mgcl", False):
-        return
-
-    def load(network, fname, verbose=False):
-        target = unwrap(network)
-        if isinstance(target, MultiTaskUNet):
-            report = load_pretrained(target, fname)
-            print(report.summary())
-            target.initialized_from = str(fname)
-        else:
-            original(network, fname, verbose=verbose)
-
-    load._nnunet_mgcl = True
-    run_training.load_pretrained_weights = load
-
-
-class nnUNetTrainerMGCL(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+class nnUNetTrainerMGCL(PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
     settings_overrides: ClassVar[dict] = {}
+    pretraining_trainer: ClassVar[str] = "nnUNetTrainerMGCLPretrain"
+    pretraining_method: ClassVar[str] = "MGCL"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -99,7 +76,6 @@ class nnUNetTrainerMGCL(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
             cfg.setdefault(PLANS_KEY, {})["classifier"] = shape
         self.logger.local_logger = MultiTaskLocalLogger()
         self.cls_weights: torch.Tensor | None = None
-        _route_pretrained_weights_loader()
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -149,27 +125,11 @@ class nnUNetTrainerMGCL(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
             raise RuntimeError(f"{self.__class__.__name__} does not support multi-GPU (DDP) training")
         super().initialize()
         self.net.classifier.region_based = self.label_manager.has_regions
-        self.net.initialized_from = None
-
-    # -- initialisation from pretraining ------------------------------------------------------------
-    def pretraining_checkpoint(self) -> str | None:
-        """The MGCL pretraining checkpoint of this dataset / plans / configuration, if there is one."""
-        folder = f"{PRETRAINER}__{self.plans_manager.plans_name}__{self.configuration_name}"
-        path = join(nnUNet_results, self.plans_manager.dataset_name, folder, "fold_all", "checkpoint_final.pth")
-        return path if isfile(path) else None
+        self._prepare_pretrained_init()
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        if self.net.initialized_from is None and self.current_epoch == 0:
-            ckpt = self.pretraining_checkpoint()
-            if ckpt is None:
-                self.print_to_log_file("no MGCL pretraining checkpoint found: training from scratch")
-            else:
-                report = load_pretrained(self.net, ckpt)
-                self.net.initialized_from = ckpt
-                self.print_to_log_file(report.summary())
-        elif self.net.initialized_from is not None:
-            self.print_to_log_file(f"initialised from {self.net.initialized_from} (-pretrained_weights)")
+        self._initialise_from_pretraining()
         tr_keys, _ = self.do_split()
         self.cls_weights = torch.tensor(self.case_labels.class_weights(tr_keys), dtype=torch.float32,
                                         device=self.device)
