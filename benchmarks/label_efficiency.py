@@ -1,25 +1,34 @@
-"""Label efficiency: plain nnU-Net against MGCL (and its ablations) at 10 %, 25 % and 100 % labels.
+"""Label efficiency: plain nnU-Net against MGCL, MMGL and the contrastive baselines at 10 %, 25 % and 100 % labels.
 
 On one phantom cohort (fixed seed) with held-out test cases that no arm ever sees (neither pretraining
 nor training), for each labeled fraction and split seed, every arm trains fold 0 of nnU-Net's split with
 the same plans and iteration budget, predicts the test cases and is evaluated with
 ``nnunet-mgcl evaluate`` (Dice, lesion-wise F1 ISLES'22, absolute volume difference, TSS AUC).
 
-Arms
+Arms (:data:`ARMS`)
 - ``nnU-Net``: ``nnUNetTrainerPlansBudget`` (nnUNetTrainer with the plans' budget), labeled subset only;
 - ``multi-task``: ``nnUNetTrainerMGCL`` without pretraining (plans copy without a pretraining checkpoint):
   separates what the classification head gives from what pretraining gives;
 - ``MGCL``: MGCL pretraining on all training images + the unlabeled pool, then ``nnUNetTrainerMGCL``;
-- ``MGCL coarse`` / ``MGCL fine``: pretraining with one grain only, then ``nnUNetTrainerMGCL``.
+- ``MGCL coarse`` / ``MGCL fine``: pretraining with one grain only, then ``nnUNetTrainerMGCL``;
+- ``SimCLR`` / ``GLCL``: the baselines' pretraining, then plain ``nnUNetTrainerPlansBudget`` with
+  ``-pretrained_weights`` (so they differ from the ``nnU-Net`` arm in the initial weights only; no
+  classifier, no TSS AUC);
+- ``MMGL``: MMGL pretraining, then ``nnUNetTrainerMMGL`` (deep supervision on the labeled cases, multi-view
+  co-training on the split's ``unlabeled`` cases; at 100 % there are none, so it is nnU-Net from MMGL's
+  weights; no classifier).
 
 Pretraining uses no labels, so it runs once per arm (not per fraction or seed); the split seeds vary
 which cases are labeled (nested subsets), and nnU-Net's own training randomness varies per run.
 
     python benchmarks/label_efficiency.py --size cpu --work /tmp/le -o docs/results/label_efficiency_cpu.json
 
-``--size cpu`` finishes within 90 minutes on 2 cores; ``--size gpu`` is nnU-Net's own 3d_fullres
-configuration on a larger, finer phantom, sized for a 10-minute accelerator run (``-device cuda``).
-Runs are in-process (nnU-Net's ``run_training`` and our predictor), so no time goes to process start-up.
+``--size cpu`` with all eight arms takes about 2.5 hours on 2 cores; ``--arms`` runs a subset and
+``--extend FILE`` adds those arms' runs to an earlier result of the same size, cohort, fractions and seeds
+(same work folder: the preprocessed cohort is reused), so the table can be built in runs that each fit a
+session. ``--size gpu`` is nnU-Net's own 3d_fullres configuration on a larger, finer phantom, sized for
+a 10-minute accelerator run (``-device cuda``). Runs are in-process (nnU-Net's ``run_training`` and our
+predictor), so no time goes to process start-up.
 """
 from __future__ import annotations
 
@@ -57,9 +66,31 @@ SIZES = {
     "gpu": Size(cases=60, unlabeled=40, test=20, spacing=2.0, small_plans=False, epochs=10, iterations=25,
                 pretrain_epochs=10),
 }
-ARMS = ("nnU-Net", "multi-task", "MGCL", "MGCL coarse", "MGCL fine")
-PRETRAINERS = {"MGCL": "nnUNetTrainerMGCLPretrain", "MGCL coarse": "nnUNetTrainerMGCLPretrain_coarse",
-               "MGCL fine": "nnUNetTrainerMGCLPretrain_fine"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """How one arm trains: its fine-tuning trainer, the plans suffix (``NoPretraining``: a plans copy for
+    which no pretraining checkpoint exists), its pretraining trainer (None: from scratch), and whether the
+    checkpoint goes in as ``-pretrained_weights`` (else the fine-tuning trainer finds its own method's
+    checkpoint, as a user's run would)."""
+
+    trainer: str
+    pretrainer: str | None = None
+    pass_weights: bool = True
+    plans_suffix: str = ""
+
+
+ARMS = {
+    "nnU-Net": Arm("nnUNetTrainerPlansBudget"),
+    "multi-task": Arm("nnUNetTrainerMGCL", plans_suffix="NoPretraining"),
+    "MGCL": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain", pass_weights=False),
+    "MGCL coarse": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain_coarse"),
+    "MGCL fine": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain_fine"),
+    "SimCLR": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerSimCLRPretrain"),
+    "GLCL": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerGLCLPretrain"),
+    "MMGL": Arm("nnUNetTrainerMMGL", "nnUNetTrainerMMGLPretrain", pass_weights=False),
+}
 DATASET_ID, NAME, CFG = 980, "LabelEfficiency", "3d_fullres"
 METRICS = ("dice", "lesion_f1", "avd_ml")
 
@@ -168,7 +199,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
 
-    colours = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
+    colours = {arm: f"C{i}" for i, arm in enumerate(ARMS)}  # one colour per arm, the same in every run
     with matplotlib.rc_context(matplotlib.rcParamsDefault):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, metric, label in ((axes[0], "dice", "Dice (test)"), (axes[1], "tss_auc", "TSS AUC (test)")):
@@ -189,10 +220,27 @@ def plot(result: dict, path: Path) -> None:
             ax.grid(alpha=0.3)
         axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
         axes[0].legend(fontsize=8)
-        axes[1].set_title("mean +- SD over split seeds; no AUC for plain nnU-Net", fontsize=9)
+        axes[1].set_title("mean +- SD over split seeds; AUC only for arms with a classifier", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+
+def load_extended(path: Path, size: str, cohort_seed: int, fractions: tuple, seeds: tuple, arms: list[str]) -> dict:
+    """The earlier result that ``--extend`` adds to, checked to be the same benchmark without these arms."""
+    if not path.is_file():
+        raise SystemExit(f"--extend {path}: no such result file")
+    old = json.loads(path.read_text())
+    if old.get("partial"):
+        raise SystemExit(f"--extend {path}: that run did not finish (partial result)")
+    same = {"size": size, "cohort_seed": cohort_seed, "fractions": list(fractions), "seeds": list(seeds)}
+    differ = {k: (old.get(k), v) for k, v in same.items() if old.get(k) != v}
+    if differ:
+        raise SystemExit(f"--extend {path}: not the same benchmark ({differ}, earlier vs now)")
+    again = sorted(set(old["arms"]) & set(arms))
+    if again:
+        raise SystemExit(f"--extend {path}: arms {again} are already in it")
+    return old
 
 
 def main(argv=None) -> int:
@@ -201,59 +249,70 @@ def main(argv=None) -> int:
     p.add_argument("--work", required=True, help="work folder (its own nnUNet_raw/_preprocessed/_results)")
     p.add_argument("-o", required=True, help="results JSON (a .md table and a .png plot are written beside it)")
     p.add_argument("-device", default="cpu")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--fractions", type=float, nargs="+", default=None)
     p.add_argument("--cohort-seed", type=int, default=1000)
+    p.add_argument("--extend", type=Path, default=None,
+                   help="an earlier result JSON of the same size, cohort, fractions and seeds: its runs are kept and "
+                        "this run's arms added (-o may be the same file)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     size = SIZES[args.size]
     seeds = tuple(args.seeds or size.seeds)
     fractions = tuple(args.fractions or size.fractions)
+    earlier = load_extended(args.extend, args.size, args.cohort_seed, fractions, seeds, args.arms) \
+        if args.extend else None
     work = Path(args.work).resolve()
     start = time.perf_counter()
     plans = prepare(work, size, args.cohort_seed, args.device)
     from nnunet_mgcl.splits import write_splits
 
     pretrained: dict[str, str] = {}
-    for arm in args.arms:
-        if arm in PRETRAINERS:
-            logger.info("pretraining %s", arm)
-            train(PRETRAINERS[arm], plans, "all", args.device)
-            pretrained[arm] = str(results_folder(PRETRAINERS[arm], plans) / "fold_all" / "checkpoint_final.pth")
+    for name in args.arms:
+        arm = ARMS[name]
+        if arm.pretrainer is not None:
+            logger.info("pretraining %s", name)
+            train(arm.pretrainer, plans, "all", args.device)
+            pretrained[name] = str(results_folder(arm.pretrainer, plans) / "fold_all" / "checkpoint_final.pth")
     runs = []
+    partial = Path(args.o).with_suffix(".partial.json")  # progress; never the result file (--extend may name it)
+    partial.parent.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         for fraction in fractions:
             write_splits(str(DATASET_ID), fraction, seed=seed, overwrite=True)
-            for arm in args.arms:
+            for name in args.arms:
+                arm = ARMS[name]
                 t0 = time.perf_counter()
-                if arm == "nnU-Net":
-                    trainer, arm_plans, weights = "nnUNetTrainerPlansBudget", plans, None
-                elif arm == "multi-task":
-                    trainer, arm_plans, weights = "nnUNetTrainerMGCL", f"{plans}NoPretraining", None
-                else:
-                    trainer, arm_plans = "nnUNetTrainerMGCL", plans
-                    weights = None if arm == "MGCL" else pretrained[arm]  # MGCL finds its checkpoint itself
-                train(trainer, arm_plans, "0", args.device, weights)
-                row = evaluate_arm(trainer, arm_plans, args.device, work / "eval" / f"{arm}_{fraction}_{seed}")
-                row.update(arm=arm, fraction=fraction, seed=seed, seconds=round(time.perf_counter() - t0, 1))
+                arm_plans = plans + arm.plans_suffix
+                train(arm.trainer, arm_plans, "0", args.device, pretrained[name] if arm.pass_weights and
+                      arm.pretrainer else None)
+                row = evaluate_arm(arm.trainer, arm_plans, args.device, work / "eval" / f"{name}_{fraction}_{seed}")
+                row.update(arm=name, fraction=fraction, seed=seed, seconds=round(time.perf_counter() - t0, 1))
                 runs.append(row)
                 logger.info("%s", row)
-                Path(args.o).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.o).write_text(json.dumps({"partial": True, "runs": runs}, indent=2))
+                partial.write_text(json.dumps({"partial": True, "runs": runs}, indent=2))
     import torch
 
-    result = {
+    this = {
         "command": " ".join(["python", "benchmarks/label_efficiency.py", *(argv or sys.argv[1:])]),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},
-        "size": args.size, "size_settings": size.__dict__, "plans": plans, "cohort_seed": args.cohort_seed,
-        "fractions": list(fractions), "seeds": list(seeds), "arms": args.arms,
-        "wall_seconds": round(time.perf_counter() - start, 1), "runs": runs, "summary": aggregate(runs)}
+        "arms": args.arms, "wall_seconds": round(time.perf_counter() - start, 1)}
+    if earlier is None:
+        result = {**this, "size": args.size, "size_settings": size.__dict__, "plans": plans,
+                  "cohort_seed": args.cohort_seed, "fractions": list(fractions), "seeds": list(seeds), "runs": runs}
+    else:  # the first invocation's keys stay; each later one is recorded under "extended_by"
+        result = {**earlier, "arms": [*earlier["arms"], *args.arms], "runs": [*earlier["runs"], *runs],
+                  "extended_by": [*earlier.get("extended_by", []), this]}
+    result["summary"] = aggregate(result["runs"])
     out = Path(args.o)
-    out.write_text(json.dumps(result, indent=2))
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)  # an interrupted write leaves the earlier result whole
     out.with_suffix(".md").write_text(markdown(result) + "\n")
     plot(result, out.with_suffix(".png"))
+    partial.unlink(missing_ok=True)
     print(markdown(result))
     return 0
 

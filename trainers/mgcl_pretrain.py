@@ -207,8 +207,10 @@ class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer
             out = self._contrastive_step(batch)
         result = {k: out[k].float().cpu().numpy() for k in ("loss", "global", "local")}
         # representation measures on the coarse embeddings, or the fine ones when there is no coarse head
-        e1, e2 = (out["z1"], out["z2"]) if "z1" in out else (out["f1"], out["f2"])
-        result["e1"], result["e2"] = e1.float().cpu().numpy(), e2.float().cpu().numpy()
+        # (none at all when no decoder stage of this batch had two distinct anchor pairs)
+        e1, e2 = (out["z1"], out["z2"]) if "z1" in out else (out.get("f1"), out.get("f2"))
+        if e1 is not None:
+            result["e1"], result["e2"] = e1.float().cpu().numpy(), e2.float().cpu().numpy()
         return result
 
     # -- epoch bookkeeping -------------------------------------------------------------------------
@@ -232,8 +234,13 @@ class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer
         self.logger.log("val_losses", loss, e)
         self.logger.log("val_global_loss", self._grain(np.mean([o["global"] for o in val_outputs]), "global"), e)
         self.logger.log("val_local_loss", self._grain(np.mean([o["local"] for o in val_outputs]), "local"), e)
-        e1 = torch.from_numpy(np.concatenate([o["e1"] for o in val_outputs]))
-        e2 = torch.from_numpy(np.concatenate([o["e2"] for o in val_outputs]))
+        with_pairs = [o for o in val_outputs if "e1" in o]
+        if not with_pairs:  # no validation batch had a pair: no measure this epoch (NaN, not drawn)
+            self.logger.log("alignment", float("nan"), e)
+            self.logger.log("uniformity", float("nan"), e)
+            return
+        e1 = torch.from_numpy(np.concatenate([o["e1"] for o in with_pairs]))
+        e2 = torch.from_numpy(np.concatenate([o["e2"] for o in with_pairs]))
         self.logger.log("alignment", float(alignment(e1, e2)), e)
         self.logger.log("uniformity", float(uniformity(torch.cat([e1, e2]))), e)
 
