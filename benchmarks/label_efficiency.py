@@ -16,14 +16,16 @@ Arms (:data:`ARMS`)
   classifier, no TSS AUC);
 - ``MMGL``: MMGL pretraining, then ``nnUNetTrainerMMGL`` (deep supervision on the labeled cases, multi-view
   co-training on the split's ``unlabeled`` cases; at 100 % there are none, so it is nnU-Net from MMGL's
-  weights; no classifier).
+  weights; no classifier);
+- ``MMGL init``: MMGL pretraining, then plain ``nnUNetTrainerPlansBudget`` with ``-pretrained_weights`` (no
+  co-training): separates what MMGL's initialisation gives from what its co-training gives.
 
 Pretraining uses no labels, so it runs once per arm (not per fraction or seed); the split seeds vary
 which cases are labeled (nested subsets), and nnU-Net's own training randomness varies per run.
 
     python benchmarks/label_efficiency.py --size cpu --work /tmp/le -o docs/results/label_efficiency_cpu.json
 
-``--size cpu`` with all eight arms takes about 2.5 hours on 2 cores; ``--arms`` runs a subset and
+``--size cpu`` with all nine arms takes about 2.5 hours on 2 cores; ``--arms`` runs a subset and
 ``--extend FILE`` adds those arms' runs to an earlier result of the same size, cohort, fractions and seeds
 (same work folder: the preprocessed cohort is reused), so the table can be built in runs that each fit a
 session. ``--size gpu`` is nnU-Net's own 3d_fullres configuration on a larger, finer phantom, sized for
@@ -90,6 +92,7 @@ ARMS = {
     "SimCLR": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerSimCLRPretrain"),
     "GLCL": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerGLCLPretrain"),
     "MMGL": Arm("nnUNetTrainerMMGL", "nnUNetTrainerMMGLPretrain", pass_weights=False),
+    "MMGL init": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerMMGLPretrain"),
 }
 DATASET_ID, NAME, CFG = 980, "LabelEfficiency", "3d_fullres"
 METRICS = ("dice", "lesion_f1", "avd_ml")
@@ -268,13 +271,13 @@ def main(argv=None) -> int:
     plans = prepare(work, size, args.cohort_seed, args.device)
     from nnunet_mgcl.splits import write_splits
 
-    pretrained: dict[str, str] = {}
+    pretrained: dict[str, str] = {}  # pretraining trainer -> its checkpoint; each pretrainer runs once
     for name in args.arms:
-        arm = ARMS[name]
-        if arm.pretrainer is not None:
-            logger.info("pretraining %s", name)
-            train(arm.pretrainer, plans, "all", args.device)
-            pretrained[name] = str(results_folder(arm.pretrainer, plans) / "fold_all" / "checkpoint_final.pth")
+        pretrainer = ARMS[name].pretrainer
+        if pretrainer is not None and pretrainer not in pretrained:
+            logger.info("pretraining %s (%s)", name, pretrainer)
+            train(pretrainer, plans, "all", args.device)
+            pretrained[pretrainer] = str(results_folder(pretrainer, plans) / "fold_all" / "checkpoint_final.pth")
     runs = []
     partial = Path(args.o).with_suffix(".partial.json")  # progress; never the result file (--extend may name it)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -285,7 +288,7 @@ def main(argv=None) -> int:
                 arm = ARMS[name]
                 t0 = time.perf_counter()
                 arm_plans = plans + arm.plans_suffix
-                train(arm.trainer, arm_plans, "0", args.device, pretrained[name] if arm.pass_weights and
+                train(arm.trainer, arm_plans, "0", args.device, pretrained[arm.pretrainer] if arm.pass_weights and
                       arm.pretrainer else None)
                 row = evaluate_arm(arm.trainer, arm_plans, args.device, work / "eval" / f"{name}_{fraction}_{seed}")
                 row.update(arm=name, fraction=fraction, seed=seed, seconds=round(time.perf_counter() - t0, 1))
