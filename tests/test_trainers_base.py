@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,39 @@ def test_no_budget_keeps_nnunet_defaults():
     t = _Budgeted({})
     t._apply_plans_budget()
     assert (t.num_epochs, t.num_iterations_per_epoch, t.save_every) == (1000, 250, 50)
+
+
+def _counting_loader():
+    """The smallest batchgenerators loader: endless batches {"data": [i]}."""
+    from batchgenerators.dataloading.data_loader import DataLoader
+
+    class Loader(DataLoader):
+        def generate_train_batch(self):
+            self.i = getattr(self, "i", 0) + 1
+            return {"data": np.array([self.i])}
+
+    return Loader(None, 1, num_threads_in_multithreaded=1, infinite=True)
+
+
+@pytest.mark.parametrize("n_proc,light", [("0", False), ("2", False), ("2", True)])
+def test_background_workers_follow_nnunet_settings(monkeypatch, n_proc, light):
+    from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+    from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    from nnunet_mgcl.trainers.base import wrap_in_augmenter
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", n_proc)
+    n = get_allowed_n_proc_DA()  # nnU-Net caps the variable at the machine's cores
+    processes = None if n == 0 else (max(1, n // 2) if light else n)
+    augmenter = wrap_in_augmenter(_counting_loader(), torch.device("cpu"), light=light)
+    try:
+        if processes is None:
+            assert isinstance(augmenter, SingleThreadedAugmenter)
+        else:
+            assert isinstance(augmenter, NonDetMultiThreadedAugmenter) and augmenter.num_processes == processes
+        assert next(augmenter)["data"].shape == (1,)
+    finally:
+        if isinstance(augmenter, NonDetMultiThreadedAugmenter):
+            augmenter._finish()

@@ -186,18 +186,22 @@ class PretrainedInitMixin:
                 self.print_to_log_file(report.summary())
 
 
-def wrap_in_augmenters(dl_tr, dl_val, device):
-    """nnU-Net's choice of background workers for a pair of loaders (same settings as its trainer)."""
+def wrap_in_augmenter(loader, device, light: bool = False):
+    """nnU-Net's background workers for one loader: the settings of its training loader, or with ``light``
+    those of its validation loader (half the processes); in-process when ``nnUNet_n_proc_DA`` is 0."""
     from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
     from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
     n = get_allowed_n_proc_DA()
     if n == 0:
-        return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
-    pin = device.type == "cuda"
-    tr = NonDetMultiThreadedAugmenter(data_loader=dl_tr, transform=None, num_processes=n, num_cached=max(6, n // 2),
-                                      seeds=None, pin_memory=pin, wait_time=0.002)
-    val = NonDetMultiThreadedAugmenter(data_loader=dl_val, transform=None, num_processes=max(1, n // 2),
-                                       num_cached=max(3, n // 4), seeds=None, pin_memory=pin, wait_time=0.002)
-    return tr, val
+        return SingleThreadedAugmenter(loader, None)
+    processes, cached = (max(1, n // 2), max(3, n // 4)) if light else (n, max(6, n // 2))
+    return NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=processes,
+                                        num_cached=cached, seeds=None, pin_memory=device.type == "cuda",
+                                        wait_time=0.002)
+
+
+def wrap_in_augmenters(dl_tr, dl_val, device):
+    """nnU-Net's choice of background workers for a pair of loaders (same settings as its trainer)."""
+    return wrap_in_augmenter(dl_tr, device), wrap_in_augmenter(dl_val, device, light=True)

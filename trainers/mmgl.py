@@ -52,7 +52,7 @@ from nnunet_mgcl.multiview import (ViewPlan, cross_view_consistency, cumulative_
 from nnunet_mgcl.progress import CoTrainingLocalLogger
 from nnunet_mgcl.settings import MMGLFinetuneSettings, mmgl_finetune_settings
 from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, clip_and_step,
-                                       scaled_backward)
+                                       scaled_backward, wrap_in_augmenter)
 
 
 class CoTrainingWarning(UserWarning):
@@ -161,10 +161,6 @@ class nnUNetTrainerMMGL(PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, 
     def _get_unlabeled_dataloader(self):
         """nnU-Net's augmentation pipeline on the unlabeled cases, images only, random crops, in its own
         background workers; None (and the reason recorded) when co-training is off."""
-        from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-        from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-
         self.unlabeled_keys = self._unlabeled_cases()
         if self.cotraining_off_reason is None:
             if self.settings.weight == 0:
@@ -186,13 +182,7 @@ class nnUNetTrainerMMGL(PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, 
         dataset = ImagesOnlyDataset(self.preprocessed_dataset_folder, self.unlabeled_keys)
         loader = UnlabeledDataLoader(dataset, self.settings.unlabeled_batch(self.batch_size), initial_patch_size,
                                      patch_size, self.label_manager, transforms)
-        n = get_allowed_n_proc_DA()
-        if n == 0:
-            augmenter = SingleThreadedAugmenter(loader, None)
-        else:
-            augmenter = NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=max(1, n // 2),
-                                                     num_cached=max(3, n // 4), seeds=None,
-                                                     pin_memory=self.device.type == "cuda", wait_time=0.002)
+        augmenter = wrap_in_augmenter(loader, self.device, light=True)  # an extra loader: validation's share
         _ = next(augmenter)
         return augmenter
 
