@@ -22,6 +22,9 @@
 - **Validation**: pseudo-Dice as nnU-Net, plus the classification loss and AUC (macro one-vs-rest for
   more than two classes) over the validation patches; the best checkpoint maximises
   ``w * EMA(pseudo-Dice) + (1 - w) * EMA(AUC)`` (``selection_dice_weight`` w, 0.5).
+- **After a transfer**: linear warm-up and a lower peak learning rate for the transferred tensors
+  (plans block ``mgcl.transfer``, :mod:`nnunet_mgcl.trainers.finetune_schedule`); from scratch,
+  nnU-Net's schedule.
   ``perform_actual_validation`` writes nnU-Net's ``summary.json`` and, beside it,
   ``classification_summary.json`` and ``classification_predictions.json`` (whole-scan probabilities of
   the validation cases, predicted as ``nnunet-mgcl predict`` does).
@@ -51,8 +54,10 @@ from nnunet_mgcl.networks.multitask import MultiTaskUNet
 from nnunet_mgcl.progress import MultiTaskLocalLogger
 from nnunet_mgcl.settings import classifier_shape, finetune_settings
 from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, backward_and_step
+from nnunet_mgcl.trainers.finetune_schedule import FinetuneScheduleMixin
 
-class nnUNetTrainerMGCL(PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+
+class nnUNetTrainerMGCL(FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
     settings_overrides: ClassVar[dict] = {}
     pretraining_trainer: ClassVar[str] = "nnUNetTrainerMGCLPretrain"
     pretraining_method: ClassVar[str] = "MGCL"
@@ -107,7 +112,11 @@ class nnUNetTrainerMGCL(PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, 
         self.head_lr_scheduler.step(self.current_epoch)
 
     def checkpoint_extras(self) -> dict:
-        return {"head_optimizer_state": self.head_optimizer.state_dict()}
+        return {**super().checkpoint_extras(), "head_optimizer_state": self.head_optimizer.state_dict()}
+
+    def extra_schedules(self):
+        """The head's AdamW warms up with the U-Net after a transfer (it is new: its full ``head_lr``)."""
+        return [("head_optimizer", "head_lr_scheduler", self.settings.head_lr)]
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
