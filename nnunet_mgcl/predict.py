@@ -203,6 +203,7 @@ def model_calibration(model: Path, folds: Sequence[int | str], configuration: st
     plans = json.loads((model / "plans.json").read_text())
     settings = finetune_settings(plans["configurations"][configuration])
     temperatures, thresholds, notes = [], [], []
+    op_classes: set[int] = set()
     for f in folds:
         path = model / f"fold_{f}" / CALIBRATION_FILE
         if not path.is_file():
@@ -215,9 +216,13 @@ def model_calibration(model: Path, folds: Sequence[int | str], configuration: st
             notes.append(f"fold {f}: not fitted ({cal.reason})")
         if cal.operating_point and cal.operating_point.get("threshold") is not None:
             thresholds.append(float(cal.operating_point["threshold"]))
+            op_classes.add(int(cal.operating_point.get("class", settings.operating_class)))
+    if len(op_classes) > 1:
+        raise InputError(f"the folds' calibration.json files chose operating points for different classes "
+                         f"{sorted(op_classes)}: retrain them with one mgcl.finetune.operating_class", file=model)
     return {"temperatures": temperatures,
             "threshold": float(np.mean(thresholds)) if thresholds else None,
-            "operating_class": settings.operating_class if thresholds else None,
+            "operating_class": op_classes.pop() if thresholds else None,
             "target_specificity": settings.target_specificity if thresholds else None,
             "min_lesion_volume_ml": settings.min_lesion_volume_ml,
             "notes": notes}

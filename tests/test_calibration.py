@@ -75,3 +75,26 @@ def test_decide_indeterminate_operating_point_and_argmax():
     assert decide([0.75, 0.25], 2.0, 0.7, 0, 0.1, classes)["class"] == 0
     assert decide([0.4, 0.6], 2.0, None, None, 0.1, classes) == {"outcome": "TSS >= 4.5 h", "class": 1,
                                                                  "rule": "argmax (no operating point)"}
+
+
+def test_model_calibration_over_folds(tmp_path):
+    from nnunet_mgcl.errors import InputError
+    from nnunet_mgcl.predict import model_calibration
+
+    (tmp_path / "plans.json").write_text(json.dumps({"configurations": {"3d_fullres": {
+        "mgcl": {"finetune": {"min_lesion_volume_ml": 0.5}}}}}))
+    for f in range(3):
+        (tmp_path / f"fold_{f}").mkdir()
+    Calibration(temperature=2.0, fitted=True, operating_point={"class": 0, "threshold": 0.4}).save(
+        tmp_path / "fold_0" / "calibration.json")
+    Calibration(temperature=1.5, fitted=True, operating_point={"class": 0, "threshold": 0.6}).save(
+        tmp_path / "fold_1" / "calibration.json")
+    out = model_calibration(tmp_path, [0, 1, 2], "3d_fullres")
+    assert out["temperatures"] == [2.0, 1.5, 1.0] and out["threshold"] == pytest.approx(0.5)
+    assert out["operating_class"] == 0 and out["min_lesion_volume_ml"] == 0.5
+    assert out["notes"] == ["fold 2: no calibration.json (uncalibrated)"]
+    Calibration(temperature=1.0, fitted=True, operating_point={"class": 1, "threshold": 0.6}).save(
+        tmp_path / "fold_2" / "calibration.json")
+    with pytest.raises(InputError, match="different classes"):
+        model_calibration(tmp_path, [0, 1, 2], "3d_fullres")
+    assert model_calibration(tmp_path, [2], "3d_fullres")["operating_class"] == 1
