@@ -154,6 +154,7 @@ def results_folder(trainer: str, plans: str) -> Path:
 
 
 def evaluate_arm(trainer: str, plans: str, device: str, out: Path) -> dict:
+    from nnunet_mgcl.conventions import TEST_CASE_LABELS_FILE
     from nnunet_mgcl.evaluation.report import evaluate
     from nnunet_mgcl.predict import predict
 
@@ -161,7 +162,7 @@ def evaluate_arm(trainer: str, plans: str, device: str, out: Path) -> dict:
     predict(raw / "imagesTs", out, str(DATASET_ID), CFG, ["0"], trainer=trainer, plans=plans, device=device,
             qc=False, num_processes_preprocessing=0, num_processes_export=0, progress=False)
     multitask = "MGCL" in trainer
-    summary = evaluate(raw / "labelsTs", out, case_labels=raw / "dataset.json" if multitask else None,
+    summary = evaluate(raw / "labelsTs", out, case_labels=raw / TEST_CASE_LABELS_FILE if multitask else None,
                        predictions=out / "predictions.json" if multitask else None, progress=False)
     row = {m: summary["mean"][m] for m in METRICS}
     row["tss_auc"] = summary["classification"]["auc"] if summary["classification"] else None

@@ -59,10 +59,12 @@ from nnunet_mgcl import __version__
 from nnunet_mgcl.conventions import (
     CASE_LABELS_KEY,
     CASE_METADATA_FILE,
+    TEST_CASE_LABELS_FILE,
     FILE_ENDING,
     UNLABELED_FOLDER,
     UNLABELED_POOL_KEY,
 )
+from nnunet_mgcl.case_labels import write_test_case_labels
 from nnunet_mgcl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -997,7 +999,9 @@ class DatasetWriter:
 
         ``numTraining`` is the number of training cases; the ``unlabeled_pool`` key is always written
         (possibly empty); ``case_labels`` is written when ``case_label_name`` is given, with a value
-        (null when unknown) for every case: training, test and pool. Label values written for the cases
+        (null when unknown) for every training and pool case. Test cases' labels and metadata go to
+        ``test_case_labels.json`` instead (never to dataset.json, which nnU-Net copies to the
+        preprocessed and results folders, nor to case_metadata.json). Label values written for the cases
         are checked against ``labels`` (a converter bug otherwise). Returns the dataset.json content.
         """
         self._require_entered()
@@ -1013,11 +1017,15 @@ class DatasetWriter:
             if not values <= allowed:
                 raise ValueError(f"case {case_id}: label values {sorted(values - allowed)} not in labels {labels}")
         case_labels = None
+        test = set(self.summary.test)  # their labels and metadata go to TEST_CASE_LABELS_FILE only
         if case_label_name is not None:
             case_labels = {"name": case_label_name, "classes": dict(case_label_classes or {}),
-                           "values": {c: self.summary.case_labels.get(c) for c in self._case_order()}}
+                           "values": {c: self.summary.case_labels.get(c) for c in self._case_order() if c not in test}}
         pool = {"folder": UNLABELED_FOLDER, "cases": {c: self.summary.pool[c] for c in sorted(self.summary.pool)}}
-        rels = ["dataset.json"] + ([CASE_METADATA_FILE] if self.metadata else [])
+        metadata = {c: m for c, m in self.metadata.items() if c not in test}
+        test_file = case_label_name is not None and bool(test)
+        rels = ["dataset.json"] + ([CASE_METADATA_FILE] if metadata else []) + \
+            ([TEST_CASE_LABELS_FILE] if test_file else [])
         if self.dry_run:
             # the same content as a real run, built in a scratch folder outside the raw folder
             with tempfile.TemporaryDirectory(prefix="nnunet-mgcl-dry-run-") as scratch:
@@ -1029,8 +1037,12 @@ class DatasetWriter:
             content = write_dataset_json(self.staging, self.channel_names, labels, len(self.summary.train),
                                          case_labels=case_labels, unlabeled_pool=pool,
                                          regions_class_order=regions_class_order, **extra)
-            if self.metadata:
-                write_case_metadata(self.staging, self.metadata)
+            if metadata:
+                write_case_metadata(self.staging, metadata)
+            if test_file:
+                write_test_case_labels(self.staging, case_label_name, case_label_classes or {},
+                                       {c: self.summary.case_labels.get(c) for c in sorted(test)},
+                                       {c: m for c, m in self.metadata.items() if c in test})
         self.summary.files.extend(rels)
         self._json_written = True
         return content

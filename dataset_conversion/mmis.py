@@ -28,7 +28,11 @@ Output (``$nnUNet_raw/DatasetXXX_Name``, case ids ``MMIS_<sanitized patient_id>`
   ``perfusion_deficit = [1,2,3]`` (= PWI OR DWI), ``core = [2,3]`` (= DWI), ``flair_visible = [3]``,
   ``regions_class_order = [1,2,3]``. FLAIR voxels outside the DWI core are not labeled (a FLAIR lesion
   without diffusion restriction is not the acute core); a warning is given when a FLAIR mask lies
-  mostly (> 50 %) outside the DWI core, which usually means misregistration or an old lesion;
+  mostly (> 50 %) outside the DWI core, which usually means misregistration or an old lesion.
+  **Unfit for TSS benchmarks**: label 3 (the FLAIR-visible part of the core) encodes the DWI-FLAIR
+  mismatch, the very sign that dates the stroke, so a classifier reading the (predicted) regions reads
+  the annotation rather than the image; the conversion logs a warning. Use ``--label dwi`` to measure
+  onset-time classification;
 * a case with all three modalities and the masks the label mode needs (``dwi``: DWI_mask;
   ``regions``: all three) -> ``imagesTr``/``labelsTr``; ``split=test`` -> ``imagesTs``/``labelsTs``
   (nnU-Net never scans them; a test case without masks gets images only); a case without masks, or with
@@ -126,7 +130,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the MMIS-specific options (``--label``, ``--name``); the CLI adds the common ones."""
     parser.add_argument("--label", choices=LABEL_MODES, default="dwi",
                         help="dwi: DWI lesion mask (default); regions: nested perfusion deficit / core / "
-                             "FLAIR-visible core for nnU-Net region-based training")
+                             "FLAIR-visible core for nnU-Net region-based training (unfit for TSS benchmarks: "
+                             "the FLAIR-visible region encodes the DWI-FLAIR mismatch)")
     parser.add_argument("--name", default="MMIS", help="dataset name (folder DatasetXXX_NAME; default MMIS)")
     return parser
 
@@ -377,6 +382,9 @@ def convert(input_dir: str | Path, dataset_id: int, name: str = "MMIS", label: s
             description = "MMIS: DWI / FLAIR / PWI (/ ADC); label = DWI ischemic lesion; case label = TSS class"
         else:
             labels, order = REGION_LABELS, REGIONS_CLASS_ORDER
+            summary.warn("--label regions: label 3 (FLAIR-visible core) encodes the DWI-FLAIR mismatch that "
+                         "dates the stroke; a TSS classifier trained on these regions reads the annotation, not "
+                         "the image. Do not use this dataset for TSS benchmarks (use --label dwi)")
             description = ("MMIS: DWI / FLAIR / PWI (/ ADC); regions: perfusion_deficit = PWI or DWI, core = DWI, "
                            "flair_visible = DWI and FLAIR (label map 1 = deficit outside core, 2 = core not "
                            "FLAIR-visible, 3 = FLAIR-visible core); case label = TSS class")

@@ -3,15 +3,43 @@
 They travel in ``dataset.json["case_labels"]`` (:mod:`nnunet_mgcl.conventions`), which nnU-Net copies
 to the preprocessed and results folders, so a trainer reads them from its own ``dataset_json``.
 ``null`` means unknown: such a case is masked out of the classification loss and metrics.
+
+Test cases' labels never go there: :func:`write_test_case_labels` puts them (and the test cases'
+metadata) in :data:`~nnunet_mgcl.conventions.TEST_CASE_LABELS_FILE`, which only ``nnunet-mgcl
+evaluate --case-labels`` reads.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from nnunet_mgcl.conventions import CASE_LABELS_KEY
+from nnunet_mgcl.conventions import CASE_LABELS_KEY, TEST_CASE_LABELS_FILE
+
+TEST_METADATA_KEY = "case_metadata"
+
+
+def write_test_case_labels(folder: str | Path, name: str, classes: Mapping[str, str],
+                           values: Mapping[str, Any], metadata: Mapping[str, Mapping[str, Any]] | None = None
+                           ) -> Path:
+    """Write ``folder/test_case_labels.json``: the test cases' labels in the ``case_labels`` layout that
+    ``evaluate --case-labels`` reads, and their metadata; atomically (temporary file, then rename)."""
+    path = Path(folder) / TEST_CASE_LABELS_FILE
+    content: dict[str, Any] = {
+        CASE_LABELS_KEY: {"name": name, "classes": dict(classes), "values": {k: values[k] for k in sorted(values)}},
+        "note": "labels of the held-out test cases (imagesTs): for nnunet-mgcl evaluate --case-labels only; kept out "
+                "of dataset.json so that no trainer can read them",
+    }
+    if metadata:
+        content[TEST_METADATA_KEY] = {k: dict(metadata[k]) for k in sorted(metadata)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 UNKNOWN = -1
 

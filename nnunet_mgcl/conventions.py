@@ -24,6 +24,14 @@ kept in a folder of the raw dataset that nnU-Net never scans (:data:`UNLABELED_F
 
 Per-case metadata that is not a label (centre, onset minutes, scanner fields of JSON sidecars, ...)
 goes to :data:`CASE_METADATA_FILE` beside ``dataset.json`` (``{case_id: {field: value}}``).
+
+Test cases (``imagesTs``) are kept apart: their case labels, and their metadata (which holds e.g. the
+onset minutes the label is derived from), are written to :data:`TEST_CASE_LABELS_FILE` beside
+``dataset.json`` and nowhere else. nnU-Net never copies that file, no trainer reads it, and
+``nnunet-mgcl evaluate --case-labels`` does::
+
+    {"case_labels": {"name": "tss", "classes": {...}, "values": {"MMIS_P0004": 0}},
+     "case_metadata": {"MMIS_P0004": {"onset_to_imaging_min": 120, ...}}}
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ CASE_LABELS_KEY = "case_labels"
 UNLABELED_POOL_KEY = "unlabeled_pool"
 UNLABELED_FOLDER = "unlabeledTr"
 CASE_METADATA_FILE = "case_metadata.json"
+TEST_CASE_LABELS_FILE = "test_case_labels.json"
 FILE_ENDING = ".nii.gz"
 
 # Per-configuration block of plans settings read by our trainers (configurations[cfg][PLANS_KEY]).

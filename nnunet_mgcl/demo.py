@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nnunet_mgcl.conventions import TEST_CASE_LABELS_FILE
 from nnunet_mgcl.errors import InputError
 from nnunet_mgcl.nnunet_commands import nnunet_env, run_nnunet
 
@@ -125,7 +126,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
               trainer=TRAINER, plans=SMALL_PLANS_NAME, device=cfg.device, num_processes_preprocessing=0,
               num_processes_export=0, progress=False)
     summary = timed("evaluate", evaluate, raw / dataset_dir / "labelsTs", predictions,
-                    case_labels=raw / dataset_dir / "dataset.json", predictions=predictions / "predictions.json",
+                    case_labels=raw / dataset_dir / TEST_CASE_LABELS_FILE, predictions=predictions / "predictions.json",
                     reliability_png=predictions / "reliability.png")
     write_summary(summary, predictions / "evaluation.json")
 

@@ -46,6 +46,11 @@ class MultiTaskPredictor(nnUNetPredictor):
         self._current_key: str | None = None
         self.class_probabilities: dict[str, np.ndarray] = {}
         self.last_class_probabilities: np.ndarray | None = None
+        #: one temperature per fold (the order of the folds loaded), set by ``nnunet-mgcl predict`` from
+        #: each fold's calibration.json; None: no calibration. Calibrated probabilities are kept apart.
+        self.temperatures: list[float] | None = None
+        self.calibrated_probabilities: dict[str, np.ndarray] = {}
+        self.last_calibrated_probabilities: np.ndarray | None = None
 
     # -- setup --------------------------------------------------------------------------------------
     def _configure_head(self) -> None:
@@ -98,9 +103,9 @@ class MultiTaskPredictor(nnUNetPredictor):
         n_threads = torch.get_num_threads()
         torch.set_num_threads(min(default_num_processes, n_threads))  # as nnU-Net does here
         prediction = None
-        probabilities = []
+        probabilities, calibrated = [], []
         net = unwrap(self.network)
-        for params in self.list_of_parameters or [None]:
+        for fold, params in enumerate(self.list_of_parameters or [None]):
             if params is not None:
                 net.load_state_dict(params)
             self._sums = None
@@ -110,13 +115,19 @@ class MultiTaskPredictor(nnUNetPredictor):
                 continue
             with torch.autocast(self.device.type, enabled=False):
                 sums = {k: v[None].to(self.device) for k, v in self._sums.items()}
-                probabilities.append(torch.softmax(net.classifier.fuse(sums).float(), 1)[0].cpu().numpy())
+                class_logits = net.classifier.fuse(sums).float()
+                probabilities.append(torch.softmax(class_logits, 1)[0].cpu().numpy())
+                if self.temperatures is not None:  # temperature scaling per fold, then the mean over folds
+                    calibrated.append(torch.softmax(class_logits / self.temperatures[fold], 1)[0].cpu().numpy())
         n = len(self.list_of_parameters or [None])
         if n > 1:
             prediction /= n
         self.last_class_probabilities = np.mean(probabilities, axis=0) if probabilities else None
+        self.last_calibrated_probabilities = np.mean(calibrated, axis=0) if calibrated else None
         if self._current_key is not None:
             self.class_probabilities[self._current_key] = self.last_class_probabilities
+            if self.last_calibrated_probabilities is not None:
+                self.calibrated_probabilities[self._current_key] = self.last_calibrated_probabilities
         torch.set_num_threads(n_threads)
         return prediction
 

@@ -5,7 +5,12 @@ For every case of the input folder (nnU-Net naming, ``CASE_XXXX.nii.gz``):
 - the segmentation, written by nnU-Net's own predictor and export with nnU-Net's defaults (tile step
   0.5, Gaussian weighting, mirroring): the masks are those ``nnUNetv2_predict`` writes for the same model;
 - case-level class probabilities (averaged over mirrors, tiles and folds: :mod:`nnunet_mgcl.inference`)
-  and the predicted class, when the model is a multi-task one (``nnUNetTrainerMGCL``);
+  and the predicted class, when the model is a multi-task one (``nnUNetTrainerMGCL``). ``probabilities``
+  are calibrated with each fold's temperature (``fold_X/calibration.json``, fitted on that fold's
+  validation cases; :mod:`nnunet_mgcl.calibration`), ``probabilities_uncalibrated`` are the head's;
+  ``decision`` is the answer at the model's operating point, or "indeterminate" when the predicted
+  lesion is below ``mgcl.finetune.min_lesion_volume_ml``; the ``calibration`` block of
+  ``predictions.json`` states the temperatures, threshold and minimum volume used;
 - lesion volume in mL and lesion count (26-connected components) of the predicted mask;
 - a QC PNG (``qc/CASE.png``): each modality through the largest predicted lesion, mask outlined.
 
@@ -29,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from nnunet_mgcl.calibration import decide
 from nnunet_mgcl.case_labels import CaseLabels
 from nnunet_mgcl.discovery import ensure_ext_trainer_env
 from nnunet_mgcl.errors import InputError
@@ -129,6 +135,9 @@ def predict(input_dir: str | Path, output_dir: str | Path, dataset: str, configu
                                    verbose=False, verbose_preprocessing=False, allow_tqdm=progress)
     folds_arg = [f if f == "all" else int(f) for f in folds]
     predictor.initialize_from_trained_model_folder(str(model), folds_arg, checkpoint_name=checkpoint)
+    calibration = model_calibration(model, folds_arg, configuration) if predictor.is_multitask else None
+    if calibration is not None:
+        predictor.temperatures = calibration["temperatures"]
     names = sorted(cases)
     if names and num_processes_preprocessing == 0 and num_processes_export == 0:
         for case in names:  # nnU-Net's sequential path (no worker processes), one case at a time
@@ -149,15 +158,24 @@ def predict(input_dir: str | Path, output_dir: str | Path, dataset: str, configu
         entry: dict[str, Any] = {"mask": mask_file.name, **lesion_report(mask_file)}
         probs = predictor.class_probabilities.get(str(output_dir / case))
         if probs is not None:
+            raw_probs = probs
+            probs = predictor.calibrated_probabilities.get(str(output_dir / case), probs)
             entry["probabilities"] = [round(float(p), 6) for p in probs]
+            entry["probabilities_uncalibrated"] = [round(float(p), 6) for p in raw_probs]
             entry["predicted_class"] = int(np.argmax(probs))
             if labels is not None:
                 entry["predicted_label"] = labels.classes[entry["predicted_class"]]
+            if calibration is not None:
+                entry["decision"] = decide(probs, entry["lesion_volume_ml"], calibration["threshold"],
+                                           calibration["operating_class"], calibration["min_lesion_volume_ml"],
+                                           None if labels is None else labels.classes)
         if qc:
             images = [sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in cases[case]]
             mask_image = sitk.ReadImage(str(mask_file))
             title = f"{case}: {entry['lesion_volume_ml']:.2f} mL, {entry['lesion_count']} lesion(s)"
-            if "predicted_label" in entry:
+            if "decision" in entry:
+                title += f", {labels.name if labels else 'class'}: {entry['decision']['outcome']}"
+            elif "predicted_label" in entry:
                 title += f", {labels.name}: {entry['predicted_label']} (p={max(entry['probabilities']):.2f})"
             qc_png(images, channel_names, sitk.GetArrayFromImage(mask_image) > 0, mask_image.GetSpacing()[::-1],
                    output_dir / "qc" / f"{case}.png", title)
@@ -167,26 +185,63 @@ def predict(input_dir: str | Path, output_dir: str | Path, dataset: str, configu
                         "folds": [str(f) for f in folds], "checkpoint": checkpoint},
               "case_label": None if labels is None else {"name": labels.name,
                                                          "classes": {str(k): v for k, v in labels.classes.items()}},
+              "calibration": calibration,
               "cases": results, "failed": failed}
     (output_dir / "predictions.json").write_text(json.dumps(report, indent=2))
     _write_csv(output_dir / "predictions.csv", results, failed, labels)
     return report
 
 
+def model_calibration(model: Path, folds: Sequence[int | str], configuration: str) -> dict[str, Any]:
+    """How probabilities are calibrated and decided for this model: one temperature per fold (from
+    ``fold_X/calibration.json``, 1 where a fold has none or it was not fitted), the operating point (the
+    mean of the folds' thresholds, our choice for an ensemble; None when no fold chose one: argmax) and
+    the minimum lesion volume (plans setting ``mgcl.finetune.min_lesion_volume_ml``)."""
+    from nnunet_mgcl.calibration import CALIBRATION_FILE, Calibration
+    from nnunet_mgcl.settings import finetune_settings
+
+    plans = json.loads((model / "plans.json").read_text())
+    settings = finetune_settings(plans["configurations"][configuration])
+    temperatures, thresholds, notes = [], [], []
+    op_classes: set[int] = set()
+    for f in folds:
+        path = model / f"fold_{f}" / CALIBRATION_FILE
+        if not path.is_file():
+            temperatures.append(1.0)
+            notes.append(f"fold {f}: no {CALIBRATION_FILE} (uncalibrated)")
+            continue
+        cal = Calibration.load(path)
+        temperatures.append(float(cal.temperature))
+        if not cal.fitted:
+            notes.append(f"fold {f}: not fitted ({cal.reason})")
+        if cal.operating_point and cal.operating_point.get("threshold") is not None:
+            thresholds.append(float(cal.operating_point["threshold"]))
+            op_classes.add(int(cal.operating_point.get("class", settings.operating_class)))
+    if len(op_classes) > 1:
+        raise InputError(f"the folds' calibration.json files chose operating points for different classes "
+                         f"{sorted(op_classes)}: retrain them with one mgcl.finetune.operating_class", file=model)
+    return {"temperatures": temperatures,
+            "threshold": float(np.mean(thresholds)) if thresholds else None,
+            "operating_class": op_classes.pop() if thresholds else None,
+            "target_specificity": settings.target_specificity if thresholds else None,
+            "min_lesion_volume_ml": settings.min_lesion_volume_ml,
+            "notes": notes}
+
+
 def _write_csv(path: Path, results: dict, failed: dict, labels: CaseLabels | None) -> None:
     k = labels.num_classes if labels is not None else max((len(r.get("probabilities", [])) for r in results.values()),
                                                            default=0)
     header = ["case", "status", "lesion_volume_ml", "lesion_count", "predicted_class",
-              *[f"p_class_{i}" for i in range(k)], "qc", "error"]
+              *[f"p_class_{i}" for i in range(k)], "decision", "qc", "error"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for case, r in results.items():
             probs = r.get("probabilities", [""] * k)
             w.writerow([case, "ok", r["lesion_volume_ml"], r["lesion_count"], r.get("predicted_class", ""), *probs,
-                        r.get("qc", ""), ""])
+                        r.get("decision", {}).get("outcome", ""), r.get("qc", ""), ""])
         for case, reason in failed.items():
-            w.writerow([case, "failed", "", "", "", *[""] * k, "", reason])
+            w.writerow([case, "failed", "", "", "", *[""] * k, "", "", reason])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

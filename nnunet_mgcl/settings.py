@@ -30,6 +30,9 @@ Keys used so far:
 ``mmgl_finetune``
     MMGL fine-tuning with multi-view co-training (:class:`MMGLFinetuneSettings`).
 
+``transfer``
+    Fine-tuning after a transfer, read by every fine-tuning trainer (:class:`TransferSettings`).
+
 ``classifier``
     Written by the fine-tuning trainers into their plans copy (``num_classes``, ``num_modalities``):
     the classification head's shape, which ``build_network_architecture`` needs at inference.
@@ -279,6 +282,19 @@ class FinetuneSettings:
     - ``head_lr`` 1e-3: the classification head has its own AdamW optimiser (poly decay too). Our
       choice, measured: with nnU-Net's SGD (momentum 0.99) the attention head did not fit the phantom's
       onset-time signal (training AUC 0.61 on frozen region features, 0.91 with AdamW).
+    - ``calibration_min_cases`` 10: temperature scaling (:mod:`nnunet_mgcl.calibration`) is fitted on the
+      fold's validation cases only when at least this many carry a label and both (all) classes occur;
+      otherwise the temperature stays 1 and ``calibration.json`` says why (our choice: one scalar fitted
+      on fewer cases is mostly noise).
+    - ``min_lesion_volume_ml`` 0.1: ``nnunet-mgcl predict`` answers "indeterminate" for a case whose
+      predicted lesion is smaller (no lesion, no region for MRFF to read). Our choice (a few voxels at
+      1-2 mm); the benchmark has not tuned it.
+    - ``operating_class`` 0 and ``target_specificity`` 0.9: binary tasks only. The operating point calls
+      ``operating_class`` (for TSS class 0, "TSS < 4.5 h": the thrombolysis window) when its calibrated
+      probability reaches a threshold chosen on the fold's validation cases so that at least
+      ``target_specificity`` of the other class is not called (for TSS: the costly error, calling a
+      late stroke early, is held at <= 10 %). Our choice of the default; the clinic's visual
+      DWI-FLAIR mismatch runs at a specificity of about 0.6-0.8.
     """
 
     classifier: str = "mrff"
@@ -290,8 +306,25 @@ class FinetuneSettings:
     selection_dice_weight: float = 0.5
     initial_lr: float | None = None
     head_lr: float = 1e-3
+    calibration_min_cases: int = 10
+    min_lesion_volume_ml: float = 0.1
+    operating_class: int = 0
+    target_specificity: float = 0.9
 
     def __post_init__(self) -> None:
+        if isinstance(self.calibration_min_cases, bool) or not isinstance(self.calibration_min_cases, int) \
+                or self.calibration_min_cases < 2:
+            raise ValueError(f"mgcl.finetune.calibration_min_cases must be an integer >= 2, got "
+                             f"{self.calibration_min_cases!r}")
+        if isinstance(self.min_lesion_volume_ml, bool) or not isinstance(self.min_lesion_volume_ml, (int, float)) \
+                or not self.min_lesion_volume_ml >= 0:
+            raise ValueError(f"mgcl.finetune.min_lesion_volume_ml must be a number >= 0, got "
+                             f"{self.min_lesion_volume_ml!r}")
+        if isinstance(self.operating_class, bool) or not isinstance(self.operating_class, int) \
+                or self.operating_class not in (0, 1):
+            raise ValueError(f"mgcl.finetune.operating_class must be 0 or 1, got {self.operating_class!r}")
+        if not 0 < self.target_specificity < 1:
+            raise ValueError(f"mgcl.finetune.target_specificity must be in (0, 1), got {self.target_specificity!r}")
         if self.classifier not in ("mrff", "pooled"):
             raise ValueError(f"mgcl.finetune.classifier must be 'mrff' or 'pooled', got {self.classifier!r}")
         if self.cls_weight < 0 or not 0 <= self.selection_dice_weight <= 1:
@@ -303,6 +336,56 @@ class FinetuneSettings:
 def finetune_settings(configuration: Mapping[str, Any], **overrides: Any) -> FinetuneSettings:
     """The ``mgcl.finetune`` block with defaults; ``overrides`` (a trainer variant's) win over plans."""
     return FinetuneSettings(**_settings_block(configuration, "finetune", FinetuneSettings, overrides))
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """``mgcl.transfer``: fine-tuning after pretrained weights were loaded (any of our fine-tuning trainers:
+    ``nnUNetTrainerMGCL``, ``nnUNetTrainerMMGL``, ``nnUNetTrainerFinetune``). Applied only when tensors
+    were actually transferred; a run from scratch keeps nnU-Net's recipe exactly.
+
+    - ``warmup_fraction`` 0.05: the learning rate rises linearly over this fraction of ``num_epochs``
+      (at least one epoch when > 0), then decays with nnU-Net's polynomial rule over the rest. 0 = no
+      warm-up. Default from upstream nnU-Net's ``PretrainedTrainer`` (after 2.8.1): 50 warm-up epochs of
+      1000.
+    - ``transferred_lr_scale`` 0.1: the peak learning rate of transferred tensors is this fraction of
+      the trainer's (nnU-Net's 1e-2 -> 1e-3, the rate of upstream's ``PretrainedTrainer`` and DKFZ's
+      ``nnUNetTrainer_finetuning``); new tensors (segmentation layers, tensors that did not load, heads)
+      keep the full rate, as when training from scratch. 1.0 = one rate for all.
+    - ``allow_unmatched_channels`` false: input channels of the fine-tuning dataset whose name is not
+      among the checkpoint's ``channel_names`` stop the transfer with an error; true loads them with
+      zero stem weights (the pretrained network's response to a zero-filled channel, which its
+      modality dropout and the unpaired pool taught it) and says so in the log.
+
+    These defaults come from public recipes; the ablation on the benchmark instrument is still to run.
+    """
+
+    warmup_fraction: float = 0.05
+    transferred_lr_scale: float = 0.1
+    allow_unmatched_channels: bool = False
+
+    def __post_init__(self) -> None:
+        name = f"{PLANS_KEY}.transfer"
+        if isinstance(self.warmup_fraction, bool) or not isinstance(self.warmup_fraction, (int, float)) \
+                or not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"{name}.warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        if isinstance(self.transferred_lr_scale, bool) or not isinstance(self.transferred_lr_scale, (int, float)) \
+                or not 0 < self.transferred_lr_scale <= 1:
+            raise ValueError(f"{name}.transferred_lr_scale must be in (0, 1], got {self.transferred_lr_scale!r}")
+        if not isinstance(self.allow_unmatched_channels, bool):
+            raise ValueError(f"{name}.allow_unmatched_channels must be true or false, got "
+                             f"{self.allow_unmatched_channels!r}")
+
+    def warmup_epochs(self, num_epochs: int) -> int:
+        """Warm-up length in epochs for a training of ``num_epochs`` (never the whole budget)."""
+        if self.warmup_fraction == 0:
+            return 0
+        return min(max(1, round(self.warmup_fraction * num_epochs)), max(0, num_epochs - 1))
+
+
+def transfer_settings(configuration: Mapping[str, Any], **overrides: Any) -> TransferSettings:
+    """The ``mgcl.transfer`` block with defaults; ``overrides`` (a trainer variant's) win over plans."""
+    return TransferSettings(**_settings_block(configuration, "transfer", TransferSettings, overrides))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABELED_FOLDER, UNLABELED_POOL_KEY
+from nnunet_mgcl.conventions import (CASE_LABELS_KEY, CASE_METADATA_FILE, TEST_CASE_LABELS_FILE, UNLABELED_FOLDER,
+                                     UNLABELED_POOL_KEY)
 from nnunet_mgcl.dataset_conversion import common as c
 from nnunet_mgcl.errors import InputError
 
@@ -260,7 +261,7 @@ def test_parse_optional_numbers():
 def _write_small_dataset(w: c.DatasetWriter) -> None:
     lab = image(0, pixel=sitk.sitkUInt8)
     w.add_training_case("X_A", [image(1), image(2)], lab, case_label=1, metadata={"site": "s"})
-    w.add_test_case("X_T", [image(1), image(2)], None, case_label=None)
+    w.add_test_case("X_T", [image(1), image(2)], None, case_label=1, metadata={"onset": 300})
     missing = w.add_pool_case("X_U", [None, image(3)], case_label=0)
     assert missing == ["T1"]
     w.write_dataset_json({"background": 0, "lesion": 1}, case_label_name="y", case_label_classes={"0": "no"})
@@ -276,13 +277,16 @@ def test_writer_layout_and_dataset_json(tmp_path):
     out = raw / "Dataset012_Toy"
     assert entries(raw) == ["Dataset012_Toy"]
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted([
-        "dataset.json", CASE_METADATA_FILE, "imagesTr/X_A_0000.nii.gz", "imagesTr/X_A_0001.nii.gz",
+        "dataset.json", CASE_METADATA_FILE, TEST_CASE_LABELS_FILE, "imagesTr/X_A_0000.nii.gz", "imagesTr/X_A_0001.nii.gz",
         "labelsTr/X_A.nii.gz", "imagesTs/X_T_0000.nii.gz", "imagesTs/X_T_0001.nii.gz",
         f"{UNLABELED_FOLDER}/X_U_0000.nii.gz", f"{UNLABELED_FOLDER}/X_U_0001.nii.gz"])
     ds = json.loads((out / "dataset.json").read_text())
     assert ds["channel_names"] == {"0": "T1", "1": "FLAIR"} and ds["numTraining"] == 1
-    assert ds[CASE_LABELS_KEY] == {"name": "y", "classes": {"0": "no"},
-                                   "values": {"X_A": 1, "X_T": None, "X_U": 0}}
+    assert ds[CASE_LABELS_KEY] == {"name": "y", "classes": {"0": "no"}, "values": {"X_A": 1, "X_U": 0}}
+    assert "X_T" not in json.dumps(ds)  # the test case's label and metadata are kept apart
+    test = json.loads((out / TEST_CASE_LABELS_FILE).read_text())
+    assert test[CASE_LABELS_KEY] == {"name": "y", "classes": {"0": "no"}, "values": {"X_T": 1}}
+    assert test["case_metadata"] == {"X_T": {"onset": 300}}
     assert ds[UNLABELED_POOL_KEY] == {"folder": UNLABELED_FOLDER,
                                       "cases": {"X_U": {"reason": "unpaired", "missing_channels": ["T1"]}}}
     assert json.loads((out / CASE_METADATA_FILE).read_text()) == {"X_A": {"site": "s"}}
@@ -292,7 +296,7 @@ def test_writer_layout_and_dataset_json(tmp_path):
     assert not sitk.GetArrayViewFromImage(sitk.ReadImage(str(out / UNLABELED_FOLDER / "X_U_0000.nii.gz"))).any()
     s = w.summary.as_dict()
     assert (s["cases"], s["labeled"], s["test"], s["unlabeled"], s["unpaired"]) == (3, 1, 1, 0, 1)
-    assert s["case_label_counts"] == {"0": 1, "1": 1, "unknown": 1} and len(s["files"]) == 9
+    assert s["case_label_counts"] == {"0": 1, "1": 2} and len(s["files"]) == 10
 
 
 def test_writer_copies_reference_geometry_within_tolerance(tmp_path):

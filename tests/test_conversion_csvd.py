@@ -19,7 +19,8 @@ from conversion_fixtures import (
     save,
     verify_in_process,
 )
-from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABELED_FOLDER, UNLABELED_POOL_KEY
+from nnunet_mgcl.conventions import (CASE_LABELS_KEY, CASE_METADATA_FILE, TEST_CASE_LABELS_FILE, UNLABELED_FOLDER,
+                                     UNLABELED_POOL_KEY)
 from nnunet_mgcl.dataset_conversion import csvd
 from nnunet_mgcl.errors import InputError
 
@@ -48,8 +49,9 @@ def test_convert_layout_labels_and_scores(built, raw, monkeypatch, capsys):
     assert ds[CASE_LABELS_KEY]["name"] == "csvd_total_score" and set(ds[CASE_LABELS_KEY]["classes"]) == set("01234")
     # S001 from the table (lacune + EPVS points), S002 derived from its masks (lacune + 11 EPVS on one
     # slice = 2), S003 the table's total, S004 the table's zeros, S005 nothing known
-    assert ds[CASE_LABELS_KEY]["values"] == {"CSVD_S001": 2, "CSVD_S002": 2, "CSVD_S003": 3, "CSVD_S004": 0,
-                                             "CSVD_S005": None}
+    assert ds[CASE_LABELS_KEY]["values"] == {"CSVD_S001": 2, "CSVD_S002": 2, "CSVD_S003": 3, "CSVD_S005": None}
+    test = json.loads((out / TEST_CASE_LABELS_FILE).read_text())  # the test case's score is kept apart
+    assert test[CASE_LABELS_KEY]["values"] == {"CSVD_S004": 0} and test["case_metadata"]["CSVD_S004"]["split"] == "test"
     assert ds[UNLABELED_POOL_KEY]["cases"] == {"CSVD_S003": {"reason": "unlabeled", "missing_channels": []},
                                                "CSVD_S005": {"reason": "unpaired", "missing_channels": ["DWI"]}}
     assert sorted(p.name for p in (out / "labelsTs").iterdir()) == ["CSVD_S004.nii.gz"]
@@ -65,7 +67,7 @@ def test_convert_layout_labels_and_scores(built, raw, monkeypatch, capsys):
     assert meta["CSVD_S001"]["overlap_voxels"] == 1 and meta["CSVD_S001"]["score_source"] == "table"
     assert meta["CSVD_S002"]["score_point_sources"] == {c: "masks" for c in csvd.COMPONENTS}
     assert meta["CSVD_S002"]["score_measures_from_masks"] == {"lacunes": 1, "cmb": 0, "epvs": 11, "wmh": 0.064}
-    assert meta["CSVD_S004"]["split"] == "test" and meta["CSVD_S005"]["group"] == "pool"
+    assert "CSVD_S004" not in meta and meta["CSVD_S005"]["group"] == "pool"
     # SWI channel from the T2star file of S002
     assert np.array_equal(arr(out / "imagesTr" / "CSVD_S002_0003.nii.gz"), arr(built.root / "S002" / "T2star.nii.gz"))
     assert not arr(out / UNLABELED_FOLDER / "CSVD_S005_0004.nii.gz").any()

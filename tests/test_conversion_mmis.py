@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABELED_FOLDER, UNLABELED_POOL_KEY
+from nnunet_mgcl.conventions import (CASE_LABELS_KEY, CASE_METADATA_FILE, TEST_CASE_LABELS_FILE, UNLABELED_FOLDER,
+                                     UNLABELED_POOL_KEY)
 from nnunet_mgcl.dataset_conversion import mmis
 from nnunet_mgcl.errors import InputError
 from conversion_fixtures import _SerialPool, assert_nothing_written, verify_with_nnunet  # noqa: E402
@@ -121,13 +122,17 @@ def test_convert_dwi_layout_and_dataset_json(cohort, raw):
     assert ds["numTraining"] == 3 and ds["file_ending"] == ".nii.gz"
     assert ds[CASE_LABELS_KEY]["name"] == "tss"
     assert ds[CASE_LABELS_KEY]["values"] == {"MMIS_P0001": 0, "MMIS_P0002": 1, "MMIS_P0003": None,
-                                             "MMIS_P0004": 0, "MMIS_P0005": 1, "MMIS_P0006": 0}
+                                             "MMIS_P0005": 1, "MMIS_P0006": 0}
+    test = json.loads((out / TEST_CASE_LABELS_FILE).read_text())  # the test case: its label and onset apart
+    assert test[CASE_LABELS_KEY] == {"name": "tss", "classes": ds[CASE_LABELS_KEY]["classes"],
+                                     "values": {"MMIS_P0004": 0}}
+    assert test["case_metadata"]["MMIS_P0004"]["split"] == "test" and "MMIS_P0004" not in json.dumps(ds)
     assert ds[UNLABELED_POOL_KEY] == {"folder": UNLABELED_FOLDER, "cases": {
         "MMIS_P0005": {"reason": "unlabeled", "missing_channels": []},
         "MMIS_P0006": {"reason": "unpaired", "missing_channels": ["PWI", "ADC"]}}}
     meta = json.loads((out / CASE_METADATA_FILE).read_text())
     assert meta["MMIS_P0001"]["center"] == "A" and meta["MMIS_P0001"]["onset_to_imaging_min"] == 120
-    assert meta["MMIS_P0003"]["onset_to_imaging_min"] is None and meta["MMIS_P0004"]["split"] == "test"
+    assert meta["MMIS_P0003"]["onset_to_imaging_min"] is None and "MMIS_P0004" not in meta
     assert meta["MMIS_P0005"]["split"] == "train" and meta["MMIS_P0005"]["group"] == "pool"
     assert meta["MMIS_P0006"]["source_id"] == "P0006"
 
@@ -168,7 +173,8 @@ def test_regions_label_composition(cohort, raw):
     assert np.array_equal(lab >= 2, dwi)
     assert np.array_equal(lab == 3, dwi & flair)
     assert set(np.unique(lab)) == {0, 1, 2, 3}
-    assert summary["warnings"] == []
+    # the only warning: regions are unfit for TSS benchmarks (label 3 encodes the DWI-FLAIR mismatch)
+    assert len(summary["warnings"]) == 1 and "Do not use this dataset for TSS benchmarks" in summary["warnings"][0]
 
 
 def test_compose_regions_and_flair_outside_warning(tmp_path, raw):

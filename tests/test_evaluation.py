@@ -332,3 +332,47 @@ def test_bad_input_names_case_and_files(tmp_path):
     labels.write_text(json.dumps({"c1": 1}))
     with pytest.raises(InputError, match=r"predictions\.json"):  # case labels but no predictions file
         run(_args(ref, pred, "--case-labels", labels))
+
+
+def test_calibrated_predictions_report_ece_before_after_brier_ci_and_operating_points(tmp_path):
+    """A test_case_labels.json (the converters' layout) and predictions with calibrated and uncalibrated
+    probabilities and the model's decisions: every new number checked against an independent computation."""
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
+    from nnunet_mgcl.calibration import apply_temperature
+    from nnunet_mgcl.case_labels import write_test_case_labels
+    from nnunet_mgcl.evaluation.statistics import auc_with_ci
+
+    rng = np.random.default_rng(0)
+    n = 60
+    y = rng.integers(0, 2, n)
+    z = (2 * y - 1) * 1.0 + rng.normal(size=n)
+    raw = np.stack([1 - 1 / (1 + np.exp(-3 * z)), 1 / (1 + np.exp(-3 * z))], 1)  # over-confident
+    cal = apply_temperature(raw, 3.0)
+    cases = {}
+    for i in range(n):
+        decision = {"class": None, "outcome": "indeterminate"} if i < 5 else \
+            {"class": int(cal[i, 0] < 0.6), "outcome": "x"}  # class 0 called when p0 >= 0.6
+        cases[f"c{i}"] = {"probabilities": cal[i].tolist(), "predicted_class": int(cal[i].argmax()),
+                          "probabilities_uncalibrated": raw[i].tolist(), "decision": decision}
+    preds = tmp_path / "predictions.json"
+    preds.write_text(json.dumps({"cases": cases}))
+    labels = write_test_case_labels(tmp_path, "tss", {"0": "early", "1": "late"}, {f"c{i}": int(y[i]) for i in range(n)})
+    out = cls.evaluate_classification([f"c{i}" for i in range(n)], labels, preds, operating_class=0,
+                                      target_specificity=0.8)
+    assert out["auc"] == pytest.approx(roc_auc_score(y, cal[:, 1]))
+    assert out["brier"] == pytest.approx(brier_score_loss(y, cal[:, 1]))
+    assert out["brier_uncalibrated"] == pytest.approx(brier_score_loss(y, raw[:, 1]))
+    assert out["ece_uncalibrated"] == pytest.approx(cls.expected_calibration_error(y, raw))
+    assert out["ece"] == pytest.approx(cls.expected_calibration_error(y, cal))
+    assert out["auc_ci"] == auc_with_ci(y == 1, cal[:, 1]) and out["auc_ci"]["ci_low"] < out["auc"]
+    op = out["operating_point"]
+    late_p0 = cal[y == 1, 0]
+    assert op["specificity"] >= 0.8 and np.mean(late_p0 < op["threshold"]) == pytest.approx(op["specificity"])
+    assert op["sensitivity"] == pytest.approx(np.mean(cal[y == 0, 0] >= op["threshold"]))
+    md = out["model_decision"]
+    d = np.array([int(cal[i, 0] < 0.6) for i in range(5, n)])
+    yd = y[5:]
+    assert md["n_indeterminate"] == 5 and md["n_decided"] == n - 5
+    assert md["sensitivity"] == pytest.approx(np.mean(d[yd == 0] == 0))
+    assert md["specificity"] == pytest.approx(np.mean(d[yd == 1] == 1))

@@ -41,6 +41,9 @@ def test_finetuning_starts_from_the_pretraining_checkpoint(finetuned):
     log = next(fold.glob("training_log_*.txt")).read_text()
     assert f"initialised from {pretrain_fold / 'checkpoint_final.pth'}" in log
     assert "tensors loaded" in log and "class weights" in log
+    # after the transfer: transferred tensors at 0.1x the rate (1 epoch: no warm-up epoch), stem mapped by name
+    assert "fine-tuning after transfer:" in log and "linear warm-up over 0 of 1 epochs" in log
+    assert "stem channels by name: DWI <- DWI" in log
     assert "This split has 2 training" in log or "This split has 3 training" in log  # the labeled subset only
 
 
@@ -110,3 +113,46 @@ def test_predict_matches_nnunetv2_predict_and_reports_probabilities(finetuned, t
                                                                             abs=1e-5)
     csv_lines = (ours / "predictions.csv").read_text().splitlines()
     assert csv_lines[0].startswith("case,status,lesion_volume_ml") and len(csv_lines) == len(cases) + 2
+
+
+def test_calibration_is_stored_with_the_model_and_applied_by_predict(finetuned, tmp_path):
+    """Training writes fold_0/calibration.json (the tiny fold has too few validation cases to fit: T = 1, the
+    reason stated); predict applies a fold's temperature and operating point, and answers "indeterminate"
+    below the plans' minimum lesion volume."""
+    from nnunet_mgcl.calibration import CALIBRATION_FILE, Calibration, apply_temperature
+
+    tiny, fold, _, _ = finetuned
+    stored = Calibration.load(fold / CALIBRATION_FILE)
+    assert not stored.fitted and stored.temperature == 1.0 and "calibration_min_cases" in stored.reason
+    summary = json.loads((fold / "validation" / "classification_summary.json").read_text())
+    assert summary["calibration"]["fitted"] is False
+    env = ensure_ext_trainer_env(dict(tiny["env"]))
+    images = Path(env["nnUNet_raw"]) / tiny["name"] / "imagesTs"
+    plans_file = fold.parent / "plans.json"
+    original_plans, original_cal = plans_file.read_text(), (fold / CALIBRATION_FILE).read_text()
+    common = ["-i", str(images), "-d", str(tiny["id"]), "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainerMGCL",
+              "-p", "nnUNetSmallPlans", "-device", "cpu", "-npp", "0", "-nps", "0", "--no-qc"]
+    try:
+        Calibration(temperature=2.0, fitted=True, n_cases=50, min_lesion_volume_ml=0.0,
+                    operating_point={"class": 0, "threshold": 0.5, "target_specificity": 0.9}).save(fold / CALIBRATION_FILE)
+        run([script("nnunet-mgcl"), "predict", "-o", str(tmp_path / "cal"), *common], env=env, timeout=900)
+        report = json.loads((tmp_path / "cal" / "predictions.json").read_text())
+        assert report["calibration"]["temperatures"] == [2.0] and report["calibration"]["threshold"] == 0.5
+        for entry in report["cases"].values():
+            expected = apply_temperature(np.array(entry["probabilities_uncalibrated"]), 2.0)
+            assert entry["probabilities"] == pytest.approx(expected.tolist(), abs=1e-4)
+            if entry["lesion_volume_ml"] >= 0.1:  # the plans' default minimum volume
+                assert entry["decision"]["class"] == (0 if entry["probabilities"][0] >= 0.5 else 1)
+            else:
+                assert entry["decision"]["outcome"] == "indeterminate"
+        plans = json.loads(original_plans)
+        plans["configurations"]["3d_fullres"]["mgcl"].setdefault("finetune", {})["min_lesion_volume_ml"] = 1e9
+        plans_file.write_text(json.dumps(plans))
+        run([script("nnunet-mgcl"), "predict", "-o", str(tmp_path / "big"), *common], env=env, timeout=900)
+        report = json.loads((tmp_path / "big" / "predictions.json").read_text())
+        assert all(e["decision"]["outcome"] == "indeterminate" and "mL <" in e["decision"]["rule"]
+                   for e in report["cases"].values())
+        assert "indeterminate" in (tmp_path / "big" / "predictions.csv").read_text()
+    finally:
+        plans_file.write_text(original_plans)
+        (fold / CALIBRATION_FILE).write_text(original_cal)

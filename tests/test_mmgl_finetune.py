@@ -102,6 +102,8 @@ def test_initialisation_from_the_mmgl_pretraining_checkpoint_is_logged(mmgl):
     assert f"initialised from {mmgl['ckpt']}:" in log
     n = sum(1 for k in _network(mmgl["pre"]).state_dict() if ".seg_layers." not in k)
     assert f"{n} tensors loaded" in log and "skipped (" in log  # the segmentation layers
+    # a checkpoint without our metadata: loaded by position, with a warning; then the fine-tuning schedule
+    assert "their order could not be checked" in log and "fine-tuning after transfer:" in log
 
 
 def test_nnunetv2_predict_writes_masks(mmgl, tmp_path):

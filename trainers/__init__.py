@@ -3,6 +3,7 @@
 Every class listed in ``__all__`` is found by ``nnUNetv2_train -tr NAME`` once ``nnUNet_extTrainer``
 names our shim folder (``eval "$(nnunet-mgcl env)"``).
 """
+from nnunet_mgcl.trainers.finetune import nnUNetTrainerFinetune
 from nnunet_mgcl.trainers.glcl_pretrain import nnUNetTrainerGLCLPretrain
 from nnunet_mgcl.trainers.mgcl import nnUNetTrainerMGCL, nnUNetTrainerMGCL_noMRFF
 from nnunet_mgcl.trainers.mgcl_pretrain import (
@@ -26,4 +27,5 @@ __all__ = [
     "nnUNetTrainerMGCL",
     "nnUNetTrainerMGCL_noMRFF",
     "nnUNetTrainerMMGL",
+    "nnUNetTrainerFinetune",
 ]

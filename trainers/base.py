@@ -12,6 +12,10 @@ from nnunet_mgcl.settings import budget
 #: attribute our fine-tuning trainers set on their network in ``initialize()``: the file it was
 #: initialised from (None until then). Its presence routes ``-pretrained_weights`` to our loader.
 INITIALIZED_FROM = "initialized_from"
+#: attributes set beside it: what the network is for (a :class:`nnunet_mgcl.transfer.TransferTarget`, set by
+#: the fine-tuning trainers, read by the loader) and what the loader did (a ``TransferReport``)
+TRANSFER_TARGET = "transfer_target"
+TRANSFER_REPORT = "transfer_report"
 
 
 class PlansBudgetMixin:
@@ -129,9 +133,10 @@ def route_pretrained_weights_loader() -> None:
     def load(network, fname, verbose=False):
         target = unwrap_network(network)
         if hasattr(target, INITIALIZED_FROM):
-            report = load_pretrained(target, fname)
+            report = load_pretrained(target, fname, target=getattr(target, TRANSFER_TARGET, None))
             print(report.summary())
             setattr(target, INITIALIZED_FROM, str(fname))
+            setattr(target, TRANSFER_REPORT, report)
         else:
             original(network, fname, verbose=verbose)
 
@@ -181,8 +186,9 @@ class PretrainedInitMixin:
                 self.print_to_log_file(f"no {self.pretraining_method} pretraining checkpoint found: training from "
                                        "scratch")
             else:
-                report = load_pretrained(net, ckpt)
+                report = load_pretrained(net, ckpt, target=getattr(net, TRANSFER_TARGET, None))
                 setattr(net, INITIALIZED_FROM, ckpt)
+                setattr(net, TRANSFER_REPORT, report)
                 self.print_to_log_file(report.summary())
 
 

@@ -22,9 +22,14 @@
 - **Validation**: pseudo-Dice as nnU-Net, plus the classification loss and AUC (macro one-vs-rest for
   more than two classes) over the validation patches; the best checkpoint maximises
   ``w * EMA(pseudo-Dice) + (1 - w) * EMA(AUC)`` (``selection_dice_weight`` w, 0.5).
+- **After a transfer**: linear warm-up and a lower peak learning rate for the transferred tensors
+  (plans block ``mgcl.transfer``, :mod:`nnunet_mgcl.trainers.finetune_schedule`); from scratch,
+  nnU-Net's schedule.
   ``perform_actual_validation`` writes nnU-Net's ``summary.json`` and, beside it,
   ``classification_summary.json`` and ``classification_predictions.json`` (whole-scan probabilities of
-  the validation cases, predicted as ``nnunet-mgcl predict`` does).
+  the validation cases, predicted as ``nnunet-mgcl predict`` does), and fits the temperature scaling
+  and operating point on those cases, stored beside the checkpoint as ``fold_X/calibration.json``
+  (:mod:`nnunet_mgcl.calibration`; ``nnunet-mgcl predict`` applies it).
 - ``nnUNetTrainerMGCL_noMRFF``: the same with a plain pooled head on the bottleneck (ablation).
 - ``torch.compile`` is not used (our step calls the network's multi-task forward, which nnU-Net's
   compiled wrapper would not cover); compare speeds with ``nnUNet_compile=f`` for both.
@@ -51,8 +56,10 @@ from nnunet_mgcl.networks.multitask import MultiTaskUNet
 from nnunet_mgcl.progress import MultiTaskLocalLogger
 from nnunet_mgcl.settings import classifier_shape, finetune_settings
 from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, backward_and_step
+from nnunet_mgcl.trainers.finetune_schedule import FinetuneScheduleMixin
 
-class nnUNetTrainerMGCL(PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+
+class nnUNetTrainerMGCL(FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
     settings_overrides: ClassVar[dict] = {}
     pretraining_trainer: ClassVar[str] = "nnUNetTrainerMGCLPretrain"
     pretraining_method: ClassVar[str] = "MGCL"
@@ -107,7 +114,11 @@ class nnUNetTrainerMGCL(PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, 
         self.head_lr_scheduler.step(self.current_epoch)
 
     def checkpoint_extras(self) -> dict:
-        return {"head_optimizer_state": self.head_optimizer.state_dict()}
+        return {**super().checkpoint_extras(), "head_optimizer_state": self.head_optimizer.state_dict()}
+
+    def extra_schedules(self):
+        """The head's AdamW warms up with the U-Net after a transfer (it is new: its full ``head_lr``)."""
+        return [("head_optimizer", "head_lr_scheduler", self.settings.head_lr)]
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
@@ -262,16 +273,40 @@ class nnUNetTrainerMGCL(PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, 
         metrics = classification_metrics(y[known], p[known], p[known].argmax(1)) if known.any() else {}
         metrics.update({"case_label": self.case_labels.name, "n_cases": len(val_keys),
                         "n_without_label": int((~known).sum())})
+        calibration = self._fit_calibration(y[known], p[known])
+        metrics["calibration"] = {k: getattr(calibration, k) for k in ("temperature", "fitted", "reason", "ece_before",
+                                                                       "ece_after", "operating_point")}
+        calibrated = {k: calibration.apply(np.asarray(probabilities[k])).tolist() for k in val_keys}
         folder = join(self.output_folder, "validation")
         with open(join(folder, "classification_summary.json"), "w") as f:
             json.dump(metrics, f, indent=2)
         with open(join(folder, "classification_predictions.json"), "w") as f:
             json.dump({"cases": {k: {"probabilities": probabilities[k], "predicted_class": int(np.argmax(probabilities[k])),
+                                     "probabilities_calibrated": calibrated[k],
                                      "label": None if y[i] == UNKNOWN else int(y[i])}
                                  for i, k in enumerate(val_keys)}}, f, indent=2)
         self.set_deep_supervision_enabled(True)
         self.print_to_log_file(f"classification on {len(val_keys)} validation cases: "
                                f"{ {k: v for k, v in metrics.items() if k != 'calibration_bins'} }")
+
+
+    def _fit_calibration(self, y: np.ndarray, probabilities: np.ndarray):
+        """Temperature scaling and the operating point on the fold's labeled validation cases, written to
+        ``fold_X/calibration.json`` beside the checkpoint (:mod:`nnunet_mgcl.calibration`)."""
+        from nnunet_mgcl.calibration import CALIBRATION_FILE, fit_calibration
+
+        s = self.settings
+        calibration = fit_calibration(y, probabilities, min_cases=s.calibration_min_cases,
+                                      operating_class=s.operating_class, target_specificity=s.target_specificity,
+                                      min_lesion_volume_ml=s.min_lesion_volume_ml, classes=self.case_labels.classes)
+        calibration.save(join(self.output_folder, CALIBRATION_FILE))
+        if calibration.fitted:
+            self.print_to_log_file(f"calibration on {calibration.n_cases} validation cases: temperature "
+                                   f"{calibration.temperature:.3f}, ECE {calibration.ece_before:.3f} -> "
+                                   f"{calibration.ece_after:.3f}; operating point {calibration.operating_point}")
+        else:
+            self.print_to_log_file(f"calibration not fitted ({calibration.reason}): temperature 1")
+        return calibration
 
 
 class nnUNetTrainerMGCL_noMRFF(nnUNetTrainerMGCL):

@@ -48,8 +48,9 @@ from nnunet_mgcl.networks.contrastive import ContrastiveUNet
 from nnunet_mgcl.progress import ContrastiveLocalLogger
 from nnunet_mgcl.settings import PretrainSettings, pretrain_settings
 from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, backward_and_step, wrap_in_augmenters
+from nnunet_mgcl.transfer import METADATA_KEY
 
-TRANSFER_KEY = "mgcl_transfer"
+TRANSFER_KEY = METADATA_KEY  # read back by nnunet_mgcl.transfer.load_pretrained
 
 
 class RepresentationCollapse(RuntimeError):

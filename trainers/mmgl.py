@@ -6,7 +6,8 @@
   checkpoint of the same dataset, plans and configuration
   (``nnUNetTrainerMMGLPretrain__PLANS__CFG/fold_all/checkpoint_final.pth``) when it exists, else from
   scratch; encoder and decoder tensors, logged with counts
-  (:class:`~nnunet_mgcl.trainers.base.PretrainedInitMixin`, shared with ``nnUNetTrainerMGCL``).
+  (:class:`~nnunet_mgcl.trainers.base.PretrainedInitMixin`, shared with ``nnUNetTrainerMGCL``); after a
+  transfer, a linear warm-up and a lower peak rate for transferred tensors (plans block ``mgcl.transfer``).
 - **Network**: the plans' plain nnU-Net network, unchanged, so ``nnUNetv2_predict -tr nnUNetTrainerMMGL``
   is nnU-Net's own prediction and the checkpoint loads into any nnU-Net trainer.
 - **Supervised term**: exactly nnU-Net's (Dice + CE with deep supervision, its loader, augmentation and
@@ -53,6 +54,7 @@ from nnunet_mgcl.progress import CoTrainingLocalLogger
 from nnunet_mgcl.settings import MMGLFinetuneSettings, mmgl_finetune_settings
 from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, clip_and_step,
                                        scaled_backward, wrap_in_augmenter)
+from nnunet_mgcl.trainers.finetune_schedule import FinetuneScheduleMixin
 
 
 class CoTrainingWarning(UserWarning):
@@ -64,7 +66,7 @@ def _full_resolution(output) -> torch.Tensor:
     return output[0] if isinstance(output, (list, tuple)) else output
 
 
-class nnUNetTrainerMMGL(PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+class nnUNetTrainerMMGL(FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
     settings_overrides: ClassVar[dict] = {}
     pretraining_trainer: ClassVar[str] = "nnUNetTrainerMMGLPretrain"
     pretraining_method: ClassVar[str] = "MMGL"

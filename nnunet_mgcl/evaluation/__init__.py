@@ -5,6 +5,7 @@
 * :mod:`~nnunet_mgcl.evaluation.classification` -- AUC, accuracy, sensitivity, specificity, ECE and a
   reliability diagram from ``predictions.json`` and case labels.
 * :mod:`~nnunet_mgcl.evaluation.report` -- ``summary.json``, the table, and the ``evaluate`` command.
+* :mod:`~nnunet_mgcl.evaluation.statistics` -- AUC with a DeLong interval, the paired DeLong test.
 
 Names are loaded on first use (PEP 562), so that ``nnunet-mgcl`` starts without importing SimpleITK,
 cc3d and scipy: ``from nnunet_mgcl.evaluation import dice, dice_per_case`` works as before.
@@ -27,10 +28,12 @@ _SEGMENTATION = ("dice", "hd95", "surface_distances", "volume_ml", "voxel_volume
                  "read_label_image", "foreground")
 _CLASSIFICATION = ("roc_auc", "roc_auc_ovr", "confusion_matrix", "sensitivity_specificity", "calibration_bins",
                    "expected_calibration_error", "reliability_diagram", "classification_metrics",
-                   "evaluate_classification", "read_case_labels", "read_predictions")
+                   "evaluate_classification", "read_case_labels", "read_predictions", "brier_score",
+                   "operating_point_metrics")
+_STATISTICS = ("auc_with_ci", "delong_paired_test", "structural_components")
 _REPORT = ("evaluate", "write_summary", "format_table", "add_evaluate_parser", "add_arguments", "run")
 _WHERE = {**{n: "segmentation" for n in _SEGMENTATION}, **{n: "classification" for n in _CLASSIFICATION},
-          **{n: "report" for n in _REPORT}}
+          **{n: "report" for n in _REPORT}, **{n: "statistics" for n in _STATISTICS}}
 
 __all__ = ["MATCHING_MODES", "ISLES24_IOU_THRESHOLD", "CONNECTIVITY", "FILE_ENDING", *_WHERE]
 

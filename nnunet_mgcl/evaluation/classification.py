@@ -27,6 +27,12 @@ Metrics and conventions (*our choice* where marked):
   ``ECE = sum_b |B_b| / n * |accuracy(B_b) - mean confidence(B_b)|``.
 * **reliability diagram** -- accuracy per bin against the bin's mean confidence (bars on the
   equal-width bins, the diagonal is perfect calibration), with the bin counts below.
+* **Brier score** -- binary ``mean((p_1 - y)^2)``, multi-class ``mean(sum_k (p_k - [y=k])^2)``; with
+  ``probabilities_uncalibrated`` in the predictions, ECE and Brier are also reported before calibration.
+* **AUC interval** (binary) -- 95 % DeLong interval (:mod:`nnunet_mgcl.evaluation.statistics`).
+* **operating point** (binary) -- sensitivity for ``operating_class`` (default 0; for TSS "< 4.5 h")
+  at a pre-set specificity (default 0.9: at most 10 % of the other class, late strokes, called early),
+  and the sensitivity / specificity of the model's own ``decision`` with its indeterminate count.
 
 Cases whose label is ``null``, or who have no entry in the labels file, are excluded and counted.
 """
@@ -64,6 +70,11 @@ class CaseLabels:
 class CasePrediction:
     probabilities: np.ndarray
     predicted_class: int
+    #: the head's probabilities before calibration (``predictions.json`` of a calibrated model)
+    uncalibrated: np.ndarray | None = None
+    #: the class decided at the model's operating point, None for "indeterminate" (absent: no decision)
+    decision: int | None = None
+    has_decision: bool = False
 
 
 def _load_json(path: Path, what: str) -> Any:
@@ -136,7 +147,22 @@ def read_predictions(path: str | Path) -> dict[str, CasePrediction]:
         k = _as_class_index(entry["predicted_class"], case, path, "'predicted_class'")
         if k >= p.size:
             raise InputError(f"'predicted_class' {k} out of range for {p.size} classes", case=case, file=path)
-        out[str(case)] = CasePrediction(probabilities=p, predicted_class=k)
+        raw = entry.get("probabilities_uncalibrated")
+        uncal = None
+        if raw is not None:
+            uncal = np.asarray(raw, dtype=np.float64)
+            if uncal.shape != p.shape or not np.all(np.isfinite(uncal)):
+                raise InputError(f"'probabilities_uncalibrated' must be {p.size} finite numbers, got {raw!r}",
+                                 case=case, file=path)
+        decision = entry.get("decision")
+        if decision is not None and (not isinstance(decision, dict) or "class" not in decision):
+            raise InputError(f"'decision' must be an object with a 'class' (null: indeterminate), got {decision!r}",
+                             case=case, file=path)
+        out[str(case)] = CasePrediction(
+            probabilities=p, predicted_class=k, uncalibrated=uncal,
+            decision=None if decision is None or decision["class"] is None else
+            _as_class_index(decision["class"], case, path, "'decision.class'"),
+            has_decision=decision is not None)
     return out
 
 
@@ -256,6 +282,30 @@ def reliability_diagram(bins: list[dict], path: str | Path, title: str = "Reliab
     return path
 
 
+def brier_score(y_true: Sequence[int], probabilities: np.ndarray) -> float:
+    """Brier score: binary ``mean((p_1 - y)^2)``; more classes ``mean(sum_k (p_k - [y = k])^2)`` (Brier's
+    original multi-class form); NaN for no cases."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    if y.size == 0:
+        return math.nan
+    if p.shape[1] == 2:
+        return float(np.mean((p[:, 1] - (y == 1)) ** 2))
+    return float(np.mean(np.sum((p - np.eye(p.shape[1])[y]) ** 2, axis=1)))
+
+
+def operating_point_metrics(y_true: Sequence[int], probabilities: np.ndarray, operating_class: int,
+                            target_specificity: float) -> dict[str, Any]:
+    """Binary: sensitivity for ``operating_class`` at the lowest threshold on its probability that
+    reaches ``target_specificity`` on these cases (read off their ROC curve)."""
+    from nnunet_mgcl.calibration import threshold_at_specificity
+
+    y = np.asarray(y_true, dtype=np.int64)
+    op = threshold_at_specificity(y == operating_class, np.asarray(probabilities)[:, operating_class],
+                                  target_specificity)
+    return {"class": int(operating_class), "target_specificity": float(target_specificity), **op}
+
+
 def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray,
                            predicted_class: Sequence[int], n_bins: int = N_BINS) -> dict[str, Any]:
     """AUC, accuracy, sensitivity/specificity (binary), ECE, calibration bins and confusion matrix of
@@ -273,6 +323,7 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray,
         out["auc"], out["auc_per_class"] = roc_auc_ovr(y, probs)
         out["sensitivity"] = out["specificity"] = None
     out["accuracy"] = float((pred == y).mean()) if y.size else math.nan
+    out["brier"] = brier_score(y, probs)
     out["ece"] = expected_calibration_error(y, probs, pred, n_bins)
     out["calibration_bins"] = calibration_bins(y, probs, pred, n_bins)
     out["confusion_matrix"] = confusion_matrix(y, pred, k).tolist()
@@ -281,10 +332,19 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray,
 
 def evaluate_classification(cases: Iterable[str], labels_file: str | Path, predictions_file: str | Path,
                             reliability_png: str | Path | None = None,
-                            n_bins: int = N_BINS) -> dict[str, Any]:
+                            n_bins: int = N_BINS, operating_class: int = 0,
+                            target_specificity: float = 0.9) -> dict[str, Any]:
     """Classification metrics over ``cases`` (the segmentation reference cases). A case with a null
     label, or none in the labels file, is excluded and counted; a labelled case without an entry in
-    ``predictions_file`` is an error naming the case and the file."""
+    ``predictions_file`` is an error naming the case and the file.
+
+    Besides :func:`classification_metrics`: binary tasks get the AUC's 95 % DeLong interval
+    (``auc_ci``), the sensitivity at ``target_specificity`` for ``operating_class``
+    (``operating_point``, read off these cases' ROC), and, when the predictions carry the model's
+    ``decision`` (its operating point chosen on validation cases), the sensitivity and specificity it
+    achieves on the decided cases and the number of indeterminate ones (``model_decision``). With
+    ``probabilities_uncalibrated`` in the predictions, ``ece_uncalibrated`` and ``brier_uncalibrated``
+    (before calibration) sit beside ``ece`` and ``brier`` (after)."""
     labels = read_case_labels(labels_file)
     predictions = read_predictions(predictions_file)
     predictions_file = Path(predictions_file)
@@ -325,6 +385,25 @@ def evaluate_classification(cases: Iterable[str], labels_file: str | Path, predi
     probs = np.stack([predictions[c].probabilities for c in used])
     pred = [predictions[c].predicted_class for c in used]
     out.update(classification_metrics(y, probs, pred, n_bins))
+    yy = np.asarray(y, dtype=np.int64)
+    if all(predictions[c].uncalibrated is not None for c in used):
+        raw = np.stack([predictions[c].uncalibrated for c in used])
+        out["ece_uncalibrated"] = expected_calibration_error(yy, raw, raw.argmax(1), n_bins)
+        out["brier_uncalibrated"] = brier_score(yy, raw)
+    if probs.shape[1] == 2:
+        from nnunet_mgcl.evaluation.statistics import auc_with_ci
+
+        out["auc_ci"] = auc_with_ci(yy == POSITIVE_CLASS, probs[:, POSITIVE_CLASS])
+        out["operating_point"] = operating_point_metrics(yy, probs, operating_class, target_specificity)
+        decided = [c for c in used if predictions[c].has_decision]
+        if decided:
+            made = [c for c in decided if predictions[c].decision is not None]
+            yd = np.array([labels.values[c] for c in made], dtype=np.int64)
+            dd = np.array([predictions[c].decision for c in made], dtype=np.int64)
+            sens, spec = sensitivity_specificity(yd, dd, positive=operating_class) if made else (math.nan, math.nan)
+            out["model_decision"] = {"class": int(operating_class), "n_decided": len(made),
+                                     "n_indeterminate": len(decided) - len(made),
+                                     "sensitivity": sens, "specificity": spec}
     out["per_case"] = {c: {"label": labels.values[c], "predicted_class": predictions[c].predicted_class,
                            "probabilities": predictions[c].probabilities.tolist()} for c in used}
     out["reliability_diagram"] = None

@@ -51,7 +51,7 @@ def evaluate(reference_dir: str | Path, prediction_dir: str | Path, *, matching:
              label: int | None = None, iou_threshold: float = ISLES24_IOU_THRESHOLD,
              case_labels: str | Path | None = None, predictions: str | Path | None = None,
              reliability_png: str | Path | None = None, file_ending: str = FILE_ENDING,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, operating_class: int = 0, target_specificity: float = 0.9) -> dict[str, Any]:
     """The evaluation summary (a JSON-ready dict; NaN where a value is undefined).
 
     Segmentation: every ``REF/*<file_ending>`` against ``PRED/<same name>``. Classification: when
@@ -85,7 +85,9 @@ def evaluate(reference_dir: str | Path, prediction_dir: str | Path, *, matching:
                              f"{predictions_path.name} (written by nnunet-mgcl predict) or --predictions FILE",
                              file=predictions_path)
         summary["classification"] = cls.evaluate_classification(list(per_case), case_labels, predictions_path,
-                                                                reliability_png=reliability_png)
+                                                                reliability_png=reliability_png,
+                                                                operating_class=operating_class,
+                                                                target_specificity=target_specificity)
     elif predictions is not None or predictions_path.is_file():
         logger.info("no --case-labels: classification metrics of %s skipped", predictions_path)
     return summary
@@ -150,7 +152,21 @@ def format_table(summary: dict[str, Any], max_cases: int = 30) -> str:
                      f"AUC {_fmt(c['auc'])}  accuracy {_fmt(c['accuracy'])}  "
                      + (f"sensitivity {_fmt(c['sensitivity'])}  specificity {_fmt(c['specificity'])}  "
                         if c.get("sensitivity") is not None else "")
-                     + f"ECE {_fmt(c['ece'])}")
+                     + f"ECE {_fmt(c['ece'])}"
+                     + (f" (uncalibrated {_fmt(c['ece_uncalibrated'])})" if "ece_uncalibrated" in c else "")
+                     + (f"  Brier {_fmt(c['brier'])}" if "brier" in c else ""))
+        if c.get("auc_ci"):
+            ci = c["auc_ci"]
+            lines.append(f"AUC 95 % CI (DeLong) {_fmt(ci['ci_low'])}-{_fmt(ci['ci_high'])}")
+        if c.get("operating_point"):
+            op = c["operating_point"]
+            lines.append(f"sensitivity for class {op['class']} at specificity >= {op['target_specificity']}: "
+                         f"{_fmt(op['sensitivity'])} (threshold {_fmt(op['threshold'])} on these cases)")
+        if c.get("model_decision"):
+            md = c["model_decision"]
+            lines.append(f"model's operating point: sensitivity {_fmt(md['sensitivity'])}, specificity "
+                         f"{_fmt(md['specificity'])} on {md['n_decided']} decided cases, "
+                         f"{md['n_indeterminate']} indeterminate")
     return "\n".join(lines)
 
 
@@ -161,8 +177,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", metavar="REF", help="folder of reference label files (e.g. labelsTs)")
     parser.add_argument("prediction", metavar="PRED", help="folder of predicted label files, same file names")
     parser.add_argument("--case-labels", default=None, metavar="FILE",
-                        help="case-level labels: a dataset.json with 'case_labels', or a JSON {case_id: label}; "
-                             "enables the classification metrics")
+                        help="case-level labels: the test_case_labels.json a converter writes beside dataset.json "
+                             "(test cases' labels are kept out of dataset.json), a dataset.json with "
+                             "'case_labels', or a JSON {case_id: label}; enables the classification metrics")
+    parser.add_argument("--operating-class", type=int, default=0, choices=(0, 1),
+                        help="binary tasks: the class whose sensitivity is reported at --target-specificity "
+                             "(default 0; for TSS 'TSS < 4.5 h')")
+    parser.add_argument("--target-specificity", type=float, default=0.9,
+                        help="pre-set specificity for the sensitivity of --operating-class (default 0.9)")
     parser.add_argument("--predictions", default=None, metavar="FILE",
                         help=f"class predictions of nnunet-mgcl predict (default: PRED/{PREDICTIONS_FILE})")
     parser.add_argument("--lesion-matching", choices=MATCHING_MODES, default="isles22",
@@ -195,11 +217,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``nnunet-mgcl evaluate``; bad input raises :class:`InputError` (the CLI exits 2)."""
     if not 0.0 <= args.iou_threshold <= 1.0:
         raise InputError(f"--iou-threshold must be in [0, 1], got {args.iou_threshold}")
+    if not 0.0 < args.target_specificity < 1.0:
+        raise InputError(f"--target-specificity must be in (0, 1), got {args.target_specificity}")
     output = Path(args.output) if args.output else Path(args.prediction) / SUMMARY_FILE
     summary = evaluate(args.reference, args.prediction, matching=args.lesion_matching, label=args.label,
                        iou_threshold=args.iou_threshold, case_labels=args.case_labels,
                        predictions=args.predictions, reliability_png=default_reliability_path(output),
-                       file_ending=args.file_ending)
+                       file_ending=args.file_ending, operating_class=args.operating_class,
+                       target_specificity=args.target_specificity)
     write_summary(summary, output)
     print(format_table(summary))
     print(f"summary: {output}")
