@@ -111,6 +111,12 @@ def _check_readable(files: Sequence[Path], case: str | None = None) -> str | Non
             check_same_grid(images[0], files[0], image, f, case)
     except InputError as e:
         return e.reason if e.file is None else f"{Path(e.file).name}: {e.reason}"
+    for f in files:  # read_image squeezes a single-volume 4D file (the converters then write 3D); nnU-Net does not
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(f))
+        reader.ReadImageInformation()
+        if reader.GetDimension() != 3:
+            return f"{f.name} is {reader.GetDimension()}D, expected 3D"
     return None
 
 
