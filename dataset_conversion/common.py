@@ -791,9 +791,12 @@ class DatasetWriter:
     hidden name is never taken for a dataset by nnU-Net). On a clean exit, after
     :meth:`write_dataset_json` has been called, the old dataset(s) of that id are moved aside, the temp
     folder is renamed into place, and the old ones are deleted; on any exception the temp folder is
-    removed and an existing dataset is left untouched. In a dry run nothing is created in the raw
-    folder: the writer only records the files it would write (``summary.files``), and builds the
-    ``dataset.json`` content in a scratch folder of the system temp dir, to return it as a real run does.
+    removed and an existing dataset is left untouched. Staging folders of this dataset that a killed
+    conversion left behind are removed on ``__enter__`` (:meth:`_remove_stale_staging`). An output that
+    cannot be written (read-only, full disk) raises :class:`~nnunet_mgcl.errors.OutputError`. In a dry
+    run nothing is created in the raw folder: the writer only records the files it would write
+    (``summary.files``), and builds the ``dataset.json`` content in a scratch folder of the system temp
+    dir, to return it as a real run does.
 
     Cases: :meth:`add_training_case` (``imagesTr``/``labelsTr``), :meth:`add_test_case`
     (``imagesTs``/``labelsTs``; nnU-Net never scans them), :meth:`add_pool_case` (``unlabeledTr``,
