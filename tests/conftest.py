@@ -37,13 +37,11 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(autouse=True)
-def _process_guard(request):
-    """Tell helpers whether the running test may start processes (see the module docstring)."""
-    helpers.CURRENT_TEST.update(nodeid=request.node.nodeid,
-                                integration=request.node.get_closest_marker("integration") is not None)
-    yield
-    helpers.CURRENT_TEST.update(nodeid=None, integration=True)
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Tell helpers whether the test about to run may start processes (see the module docstring). A hook,
+    not a fixture: it runs before *all* fixtures of the test, module- and session-scoped ones included."""
+    helpers.CURRENT_TEST.update(nodeid=item.nodeid, integration=item.get_closest_marker("integration") is not None)
 
 
 @pytest.fixture
