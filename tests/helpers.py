@@ -15,8 +15,10 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 
-#: set by conftest.py's autouse fixture: the running test's node id and whether it is marked integration
+#: set by conftest.py's pytest_runtest_setup before each test's fixtures: its node id and whether it is
+#: marked integration (outside pytest, processes are allowed)
 CURRENT_TEST = {"nodeid": None, "integration": True}
+
 
 def _require_integration(what: str) -> None:
     if not CURRENT_TEST["integration"]:
