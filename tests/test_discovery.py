@@ -30,12 +30,17 @@ def test_ext_folder_holds_only_the_shim():
 
 
 @pytest.mark.integration
-def test_env_command_prints_one_export_line():
+def test_env_command_prints_one_export_line(tmp_path):
     out = run([script("nnunet-mgcl"), "env"], env=clean_env()).stdout
     assert out.count("\n") == 1
     m = re.fullmatch(rf"export {ENV_VAR}='([^']+)'\n", out)
     assert m, out
-    assert m.group(1) == str(ext_trainer_dir())
+    # the folder of the package the console script runs: the installed one (a non-editable install, run
+    # from the repository root, gives this test process the source folder instead)
+    installed = run([sys.executable, "-c", "from nnunet_mgcl.discovery import ext_trainer_dir; print(ext_trainer_dir())"],
+                    env=clean_env(), cwd=tmp_path).stdout.strip()
+    assert m.group(1) == installed
+    assert sorted(p.name for p in Path(installed).glob("*.py")) == ["nnunet_mgcl_trainers_shim.py"]
 
 
 def test_env_keeps_folders_the_user_listed_and_does_not_repeat_ours():
