@@ -46,6 +46,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ from nnunet_mgcl.conventions import (
     UNLABELED_POOL_KEY,
 )
 from nnunet_mgcl.case_labels import write_test_case_labels
-from nnunet_mgcl.errors import InputError
+from nnunet_mgcl.errors import InputError, OutputError, os_error_text
 
 logger = logging.getLogger(__name__)
 
@@ -384,6 +385,9 @@ def check_same_grid(reference: sitk.Image, reference_file: str | Path, other: si
 def read_image(path: str | Path, case: str | None = None) -> sitk.Image:
     """Read one 3D image (checked: exists, complete NIfTI, readable, 3D, finite). Pixel type as stored."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"broken symbolic link: it points to {os.readlink(path)}, which does not exist",
+                         case=case, file=path)
     if not path.is_file():
         raise InputError("file not found", case=case, file=path)
     if nifti_stem(path.name) is not None:
@@ -441,7 +445,8 @@ def index_nifti_files(folder: str | Path, case: str | None = None) -> dict[str, 
     folder = Path(folder)
     found: dict[str, Path] = {}
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or not entry.is_file():
+        # a broken symbolic link is kept, so that reading it reports the broken link, not a missing file
+        if entry.name.startswith(".") or not (entry.is_file() or (entry.is_symlink() and not entry.exists())):
             continue
         stem = nifti_stem(entry.name)
         if stem is None:
@@ -480,6 +485,7 @@ def read_table(path: str | Path, required: Sequence[str], optional: Sequence[str
                                 na_filter=False, encoding="utf-8-sig", skipinitialspace=True)
     except Exception as err:  # pandas raises many types (ParserError, UnicodeDecodeError, EmptyDataError)
         raise InputError(f"cannot read table ({type(err).__name__}: {err})", file=path) from None
+    short = {} if suffix in (".xlsx", ".xls") else _short_rows(path, "\t" if suffix == ".tsv" else ",")
 
     alias_of: dict[str, str] = {}
     for canonical in list(required) + list(optional):
@@ -513,6 +519,12 @@ def read_table(path: str | Path, required: Sequence[str], optional: Sequence[str
         if all(v is None for v in row.values()):
             continue
         row["_row"] = i + 2
+        if i in short:  # pandas fills a truncated row's missing cells with blanks: say so, they become "unknown"
+            rid = row.get(id_column) if id_column is not None else None
+            n_fields, n_columns = short[i]
+            logger.warning("%s: row %d%s has %d of %d fields (a truncated line?); its missing cells count as "
+                           "blank (unknown)", path, row["_row"], f" (case {rid!r})" if rid else "", n_fields,
+                           n_columns)
         if id_column is not None:
             rid = row.get(id_column)
             if rid is None:
@@ -523,6 +535,22 @@ def read_table(path: str | Path, required: Sequence[str], optional: Sequence[str
             seen[rid] = row["_row"]
         rows.append(row)
     return rows
+
+
+def _short_rows(path: Path, delimiter: str) -> dict[int, tuple[int, int]]:
+    """Data rows (0-based, blank lines skipped as pandas does) with fewer fields than the header:
+    ``{row: (fields, header fields)}``."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            lines = [r for r in csv.reader(f, delimiter=delimiter) if r and (len(r) > 1 or r[0].strip())]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+    if not lines:
+        return {}
+    n = len(lines[0])
+    return {i: (len(r), n) for i, r in enumerate(lines[1:]) if len(r) < n}
 
 
 def parse_optional_float(value: str | None, column: str, case: str | None = None,
@@ -731,6 +759,31 @@ def write_case_metadata(folder: str | Path, metadata: Mapping[str, Mapping[str, 
 _UNSET: Any = object()
 
 
+#: inside a staging folder while a conversion writes it: "<host> <pid>" of the converting process
+_STAGING_OWNER_FILE = ".nnunet_mgcl_owner"
+
+
+def _staging_is_stale(folder: Path) -> bool:
+    """True unless ``folder``'s owner record names a process that still runs on this host (our choice: a
+    record from another host is kept, as we cannot tell whether that process lives)."""
+    try:
+        host, pid = (folder / _STAGING_OWNER_FILE).read_text().split()
+        pid_number = int(pid)
+    except (OSError, ValueError):
+        return True
+    if host != socket.gethostname():
+        return False
+    if pid_number == os.getpid():
+        return False
+    try:
+        os.kill(pid_number, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but not ours (PermissionError), or a platform without signals
+        return False
+    return False
+
+
 class DatasetWriter:
     """Writes one nnU-Net raw dataset atomically; use it as a context manager.
 
@@ -740,9 +793,12 @@ class DatasetWriter:
     hidden name is never taken for a dataset by nnU-Net). On a clean exit, after
     :meth:`write_dataset_json` has been called, the old dataset(s) of that id are moved aside, the temp
     folder is renamed into place, and the old ones are deleted; on any exception the temp folder is
-    removed and an existing dataset is left untouched. In a dry run nothing is created in the raw
-    folder: the writer only records the files it would write (``summary.files``), and builds the
-    ``dataset.json`` content in a scratch folder of the system temp dir, to return it as a real run does.
+    removed and an existing dataset is left untouched. Staging folders of this dataset that a killed
+    conversion left behind are removed on ``__enter__`` (:meth:`_remove_stale_staging`). An output that
+    cannot be written (read-only, full disk) raises :class:`~nnunet_mgcl.errors.OutputError`. In a dry
+    run nothing is created in the raw folder: the writer only records the files it would write
+    (``summary.files``), and builds the ``dataset.json`` content in a scratch folder of the system temp
+    dir, to return it as a real run does.
 
     Cases: :meth:`add_training_case` (``imagesTr``/``labelsTr``), :meth:`add_test_case`
     (``imagesTs``/``labelsTs``; nnU-Net never scans them), :meth:`add_pool_case` (``unlabeledTr``,
@@ -781,15 +837,17 @@ class DatasetWriter:
             logger.info("will replace %s once the new dataset is complete", ", ".join(p.name for p in existing))
         for text in _warn_other_nnunet_folders(self.dataset_id, self.folder_name, bool(existing)):
             self.summary.warn(text)
-        if self.raw_dir.is_dir():
-            stale = sorted(p.name for p in self.raw_dir.glob(f".{self.folder_name}.tmp-*"))
-            if stale:
-                self.summary.warn(f"leftover temporary folder(s) of an interrupted conversion in {self.raw_dir}: "
-                                  f"{', '.join(stale)} (safe to delete when no conversion is running)")
+        self._remove_stale_staging()
         if not self.dry_run:
-            self.raw_dir.mkdir(parents=True, exist_ok=True)
-            self.staging = self.raw_dir / f".{self.folder_name}.tmp-{secrets.token_hex(4)}"
-            self.staging.mkdir()
+            try:
+                self.raw_dir.mkdir(parents=True, exist_ok=True)
+                staging = self.raw_dir / f".{self.folder_name}.tmp-{secrets.token_hex(4)}"
+                staging.mkdir()
+                self.staging = staging
+                (staging / _STAGING_OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+            except OSError as err:  # read-only, full disk, nnUNet_raw being a file
+                self._cleanup()
+                raise OutputError(f"cannot write the dataset: {os_error_text(err)}", file=self.raw_dir) from None
         self._entered = True
         return self
 
@@ -799,15 +857,42 @@ class DatasetWriter:
             raise RuntimeError("DatasetWriter closed without write_dataset_json(); nothing was written")
         if exc_type is not None:
             self._cleanup()
+            if isinstance(exc, OSError):  # full disk or read-only while writing dataset.json / metadata
+                raise OutputError(f"cannot write the dataset: {os_error_text(exc)}",
+                                  file=getattr(exc, "filename", None) or self.raw_dir) from None
             return False
         try:
             if not self.dry_run:
                 self._commit()
+        except OSError as err:
+            self._cleanup()
+            raise OutputError(f"cannot write the dataset: {os_error_text(err)}",
+                              file=getattr(err, "filename", None) or self.raw_dir) from None
         except BaseException:
             self._cleanup()
             raise
         self.summary.log()
         return False
+
+    def _remove_stale_staging(self) -> None:
+        """Remove the temporary folders that killed conversions of this dataset left behind (hidden
+        ``.DatasetXXX_Name.tmp-*``). A folder whose owner process still runs on this host is left alone
+        (a conversion in progress); one without an owner record (written by an earlier version, or
+        killed within microseconds of starting) counts as stale. In a dry run they are only reported."""
+        if not self.raw_dir.is_dir():
+            return
+        for folder in sorted(self.raw_dir.glob(f".{self.folder_name}.tmp-*")):
+            if not folder.is_dir() or folder.is_symlink() or not _staging_is_stale(folder):
+                continue
+            if self.dry_run:
+                self.summary.warn(f"leftover temporary folder of an interrupted conversion: {folder} (a real "
+                                  f"run removes it)")
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            if folder.exists():
+                self.summary.warn(f"could not remove the leftover temporary folder {folder}; delete it by hand")
+            else:
+                logger.warning("removed %s, left by an interrupted conversion", folder)
 
     def _cleanup(self) -> None:
         if self.staging is not None and self.staging.exists():
@@ -820,6 +905,7 @@ class DatasetWriter:
         if existing and not self.overwrite:
             raise InputError(f"dataset id {self.dataset_id} appeared during the conversion "
                              f"({', '.join(p.name for p in existing)}); not replacing it", file=existing[0])
+        (self.staging / _STAGING_OWNER_FILE).unlink(missing_ok=True)
         token = secrets.token_hex(4)
         moved: list[tuple[Path, Path]] = []
         try:
@@ -886,9 +972,12 @@ class DatasetWriter:
                 assert self.staging is not None
                 for rel, image in entries:
                     path = self.staging / rel
-                    path.parent.mkdir(parents=True, exist_ok=True)
                     written.append(path)
-                    sitk.WriteImage(image, str(path), True)
+                    try:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        sitk.WriteImage(image, str(path), True)
+                    except (OSError, RuntimeError) as err:  # SimpleITK raises RuntimeError on a failed write
+                        raise OutputError(f"cannot write the dataset: {os_error_text(err)}", file=path) from None
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -926,11 +1015,22 @@ class DatasetWriter:
         if metadata is not None:
             self.metadata.setdefault(case_id, {}).update(metadata)
 
+    def _warn_all_zero_channels(self, case_id: str, entries: list[tuple[str, sitk.Image]]) -> None:
+        """Warn about a labeled case's all-zero channel (an empty export, a failed co-registration): it
+        trains the network that this modality carries nothing. Not refused: the user may mean it."""
+        assert self.channel_names is not None
+        for i, (_, image) in enumerate(entries):
+            if not np.any(sitk.GetArrayViewFromImage(image)):
+                self.summary.warn(f"channel {i} ({self.channel_names[i]}) is all zero in this labeled case; "
+                                  f"check the source file", case=case_id)
+
     def add_training_case(self, case_id: str, images: Sequence[sitk.Image], label: sitk.Image, *,
                           case_label: Any = _UNSET, metadata: Mapping[str, Any] | None = None) -> None:
         """Write ``imagesTr/CASE_XXXX`` + ``labelsTr/CASE``; record its case label and metadata."""
         self._check_new_case(case_id)
-        self._write_all(case_id, self._prepare(case_id, images, label, IMAGES_TR, LABELS_TR))
+        entries = self._prepare(case_id, images, label, IMAGES_TR, LABELS_TR)
+        self._warn_all_zero_channels(case_id, entries[: len(images)])
+        self._write_all(case_id, entries)
         self.summary.train.append(case_id)
         self._record(case_id, case_label, metadata)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nnunet_mgcl import __version__
-from nnunet_mgcl.errors import InputError
+from nnunet_mgcl.errors import InputError, OutputError
 from nnunet_mgcl.nnunet_commands import CommandError
 
 logger = logging.getLogger("nnunet_mgcl")
@@ -79,7 +79,13 @@ def _cmd_small_plans(args: argparse.Namespace) -> int:
                                 ("num_val_iterations_per_epoch", args.val_iterations)) if v is not None}
     pretrain_budget = {k: v for k, v in (("num_epochs", args.pretrain_epochs),
                                          ("num_iterations_per_epoch", args.pretrain_iterations)) if v is not None}
-    folder = Path(nnUNet_preprocessed) / maybe_convert_to_dataset_name(args.dataset_id)
+    if not nnUNet_preprocessed:
+        raise InputError("nnUNet_preprocessed is not set; export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
+    try:
+        dataset_name = maybe_convert_to_dataset_name(args.dataset_id)
+    except (RuntimeError, ValueError) as e:  # nnU-Net: "Could not find a dataset with the ID ..."
+        raise InputError(f"dataset {args.dataset_id}: {str(e).strip().splitlines()[0]}") from None
+    folder = Path(nnUNet_preprocessed) / dataset_name
     path = write_small_plans(folder, configurations=args.configurations, source_plans=args.plans,
                              target_plans=args.output_plans, n_stages=args.stages,
                              base_features=args.features, max_features=args.max_features,
@@ -214,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except InputError as e:
+    except (InputError, OutputError) as e:
         logger.error("error: %s", e)
         return 2
     except CommandError as e:

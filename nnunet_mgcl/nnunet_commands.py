@@ -49,12 +49,26 @@ def nnunet_env(raw: str | Path | None = None, preprocessed: str | Path | None = 
     return env
 
 
+#: variables a planner run must not inherit: nnunetv2 2.8.1's planner calls
+#: ``torch.set_num_threads(int(nnUNet_n_proc_DA))``, which fails on 0 (a common tip for debugging training on a
+#: CPU), on negative numbers and on an empty value. The variable only sizes training's augmentation workers.
+PLANNER_UNSAFE_VARIABLES = ("nnUNet_n_proc_DA",)
+
+
+def planner_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without :data:`PLANNER_UNSAFE_VARIABLES`, for ``nnUNetv2_plan_and_preprocess`` /
+    ``nnUNetv2_plan_experiment`` (the planner then uses nnU-Net's default thread count)."""
+    dropped = [k for k in PLANNER_UNSAFE_VARIABLES if k in env]
+    if dropped:
+        logger.debug("not passing %s to nnU-Net's planner", ", ".join(dropped))
+    return {k: v for k, v in env.items() if k not in PLANNER_UNSAFE_VARIABLES}
+
+
 def run_nnunet(name: str, args: Sequence[str], env: Mapping[str, str], log_file: str | Path) -> float:
     """Run ``name args...`` with its output in ``log_file``; return the wall time in seconds."""
     cmd = [find_executable(name), *map(str, args)]
-    if name.startswith("nnUNetv2_plan") and env.get("nnUNet_n_proc_DA") == "0":
-        # nnunetv2 2.8.1's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which rejects 0
-        env = {**env, "nnUNet_n_proc_DA": "1"}
+    if name.startswith("nnUNetv2_plan"):
+        env = planner_env(env)
     log_file = Path(log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     logger.info("$ %s %s", name, " ".join(map(str, args)))

@@ -13,16 +13,39 @@ import copy
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Sequence
 
 from nnunet_mgcl.conventions import PLANS_KEY
-from nnunet_mgcl.errors import InputError
+from nnunet_mgcl.errors import InputError, OutputError, os_error_text
 from nnunet_mgcl.settings import BUDGET_KEYS
 
 logger = logging.getLogger(__name__)
 
 SMALL_PLANS_NAME = "nnUNetSmallPlans"
+
+#: top-level key that marks a plans file as written by :func:`write_small_plans` (the source plans' name):
+#: only such a file may be replaced, so nnU-Net's own plans are never overwritten
+DERIVED_FROM_KEY = "mgcl_small_plans_of"
+
+# a plans name is a file name in the dataset's preprocessed folder: no separators, no "..", no hidden file
+_PLANS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def check_plans_name(name: str, what: str = "plans name") -> str:
+    """``name`` when it is a plain plans name (letters, digits, ``_``, ``-``), else InputError: a name with
+    a path in it (``../evil``) would write outside the dataset's folder."""
+    if not isinstance(name, str) or not _PLANS_NAME.match(name):
+        raise InputError(f"{what} {name!r} is not a plain name (letters, digits, '_' and '-'; no path)")
+    return name
+
+
+def _check_positive(values: dict[str, int | None]) -> None:
+    """InputError naming the first setting (label -> value) that is not a positive integer (None: unset)."""
+    for label, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{label} must be a positive integer, got {value!r}")
 
 
 def shrink_configuration(configuration: dict, n_stages: int, base_features: int, max_features: int,
@@ -69,6 +92,19 @@ def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequ
     ``mgcl`` block (see :mod:`nnunet_mgcl.settings`).
     """
     folder = Path(preprocessed_dataset_dir)
+    check_plans_name(source_plans, "source plans")
+    check_plans_name(target_plans, "new plans name")
+    if target_plans == source_plans:
+        raise InputError(f"the new plans name must differ from the source plans {source_plans!r}")
+    _check_positive({"stages": n_stages, "features": base_features, "max features": max_features,
+                     "batch size": batch_size})
+    if n_stages < 2:
+        raise InputError(f"a U-Net needs at least 2 stages, got --stages {n_stages}")
+    if patch_size is not None:
+        if not patch_size:
+            raise InputError("patch size needs one value per axis")
+        for p in patch_size:
+            _check_positive({"patch size": p})
     src = folder / f"{source_plans}.json"
     if not src.is_file():
         raise InputError("plans file not found; run nnUNetv2_plan_and_preprocess first", file=src)
@@ -78,17 +114,31 @@ def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequ
         raise InputError(f"configuration(s) {missing} not in the plans (have "
                          f"{sorted(plans['configurations'])})", file=src)
     budgets = {k: dict(v) for k, v in (("budget", budget), ("pretrain_budget", pretrain_budget)) if v}
-    for block in budgets.values():
-        for key in block:
+    for name, block in budgets.items():
+        for key, value in block.items():
             if key not in BUDGET_KEYS:
-                raise ValueError(f"unknown budget key {key!r}; allowed: {list(BUDGET_KEYS)}")
+                raise InputError(f"unknown budget key {key!r}; allowed: {list(BUDGET_KEYS)}")
+            _check_positive({f"{name} {key}": value})
+    dst = folder / f"{target_plans}.json"
+    if dst.exists():
+        try:
+            derived = json.loads(dst.read_text()).get(DERIVED_FROM_KEY)
+        except (OSError, ValueError, AttributeError):
+            derived = None
+        if derived is None:
+            raise InputError(f"{dst.name} exists and was not written by small-plans (nnU-Net's own plans?); "
+                             f"refusing to overwrite it: choose another name with -o", file=dst)
     out = copy.deepcopy(plans)
     out["plans_name"] = target_plans
+    out[DERIVED_FROM_KEY] = source_plans
     out["configurations"] = {}
     for name in configurations:
         # resolve nnU-Net's "inherits_from" so the variant stands alone
         resolved = _resolve(plans["configurations"], name)
-        cfg = shrink_configuration(resolved, n_stages, base_features, max_features, patch_size, batch_size)
+        try:
+            cfg = shrink_configuration(resolved, n_stages, base_features, max_features, patch_size, batch_size)
+        except ValueError as e:
+            raise InputError(f"configuration {name}: {e}", file=src) from None
         if budgets:
             cfg.setdefault(PLANS_KEY, {}).update(copy.deepcopy(budgets))
         out["configurations"][name] = cfg
@@ -96,10 +146,13 @@ def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequ
         logger.info("%s/%s: %d stages, features %s, patch %s, batch %d%s", target_plans, name, arch["n_stages"],
                     arch["features_per_stage"], cfg["patch_size"], cfg["batch_size"],
                     "".join(f", {k} {v}" for k, v in budgets.items()))
-    dst = folder / f"{target_plans}.json"
     tmp = dst.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=4))
-    tmp.replace(dst)
+    try:
+        tmp.write_text(json.dumps(out, indent=4))
+        tmp.replace(dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write the plans: {os_error_text(e)}", file=dst) from None
     return dst
 
 

@@ -15,8 +15,9 @@ For every case of the input folder (nnU-Net naming, ``CASE_XXXX.nii.gz``):
 - a QC PNG (``qc/CASE.png``): each modality through the largest predicted lesion, mask outlined.
 
 Results: ``predictions.json`` and ``predictions.csv`` in the output folder. A case whose input is bad
-(a missing channel file, an unreadable file, channels on different grids) is reported there with the
-reason and left out; the other cases still run, and the command then exits non-zero.
+(a missing channel file; an unreadable, truncated or non-finite file; channels whose size, spacing, origin
+or direction differ: the converters' checks) is reported there as failed with the reason and left out;
+the other cases still run, and the command then exits non-zero.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import torch
 from nnunet_mgcl.calibration import decide
 from nnunet_mgcl.case_labels import CaseLabels
 from nnunet_mgcl.discovery import ensure_ext_trainer_env
-from nnunet_mgcl.errors import InputError
+from nnunet_mgcl.errors import InputError, OutputError, os_error_text
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +49,29 @@ def _model_folder(dataset: str, trainer: str, plans: str, configuration: str) ->
 
     try:
         name = maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as e:
-        raise InputError(str(e)) from e
+    except (RuntimeError, ValueError) as e:  # nnU-Net: "Could not find a dataset with the ID ..."
+        raise InputError(f"dataset {dataset}: {str(e).strip().splitlines()[0]}") from None
     folder = Path(nnUNet_results) / name / f"{trainer}__{plans}__{configuration}"
     if not folder.is_dir():
         raise InputError("no trained model here: train it first (nnUNetv2_train)", file=folder)
     return folder
+
+
+def _check_checkpoints(model: Path, folds: Sequence[str], checkpoint: str) -> list[int | str]:
+    """The folds as nnU-Net takes them; InputError naming the file when a fold or its checkpoint is missing
+    (checked before anything is written, so a typo leaves no empty output folder)."""
+    parsed: list[int | str] = []
+    for f in folds:
+        if f != "all" and not str(f).isdigit():
+            raise InputError(f"fold {f!r} is neither a number nor 'all'")
+        parsed.append(f if f == "all" else int(f))
+        path = model / f"fold_{f}" / checkpoint
+        if not path.is_file():
+            have = sorted(p.name for p in model.glob("fold_*/*.pth"))
+            trained = sorted({p.parent.name for p in model.glob("fold_*/*.pth")})
+            raise InputError(f"no checkpoint {checkpoint} for fold {f} (trained folds: {trained or 'none'}; "
+                             f"checkpoints there: {have or 'none'})", file=path)
+    return parsed
 
 
 def find_cases(input_dir: Path, n_channels: int, file_ending: str) -> tuple[dict[str, list[Path]], dict[str, str]]:
@@ -74,7 +92,7 @@ def find_cases(input_dir: Path, n_channels: int, file_ending: str) -> tuple[dict
                          f"({case}_0000{file_ending} ... {case}_{n_channels - 1:04d}{file_ending})")
             continue
         files = [channels[c] for c in expected]
-        reason = _check_readable(files)
+        reason = _check_readable(files, case)
         if reason:
             bad[case] = reason
         else:
@@ -82,21 +100,29 @@ def find_cases(input_dir: Path, n_channels: int, file_ending: str) -> tuple[dict
     return good, bad
 
 
-def _check_readable(files: Sequence[Path]) -> str | None:
-    grids = []
-    for f in files:
-        try:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(f))
-            reader.ReadImageInformation()
-            sitk.ReadImage(str(f))  # the header can be fine while the voxel data is truncated
-        except RuntimeError as e:
-            return f"cannot read {f.name}: {str(e).strip().splitlines()[-1]}"
+def _check_readable(files: Sequence[Path], case: str | None = None) -> str | None:
+    """None when the case's channel files are fit to predict on, else the reason.
+
+    The checks are the converters' own (:func:`nnunet_mgcl.dataset_conversion.common.read_image` and
+    ``check_same_grid``, one implementation): complete NIfTI data (SimpleITK reads a truncated
+    ``.nii.gz`` without an error), no NaN / infinite voxels, 3D, and all channels on the first channel's
+    grid (size, spacing, origin, direction), so that predict never reports a result for input the
+    converter would refuse.
+    """
+    from nnunet_mgcl.dataset_conversion.common import check_same_grid, read_image
+
+    try:
+        images = [read_image(f, case) for f in files]
+        for f, image in zip(files[1:], images[1:]):
+            check_same_grid(images[0], files[0], image, f, case)
+    except InputError as e:
+        return e.reason if e.file is None else f"{Path(e.file).name}: {e.reason}"
+    for f in files:  # read_image squeezes a single-volume 4D file (the converters then write 3D); nnU-Net does not
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(f))
+        reader.ReadImageInformation()
         if reader.GetDimension() != 3:
             return f"{f.name} is {reader.GetDimension()}D, expected 3D"
-        grids.append((reader.GetSize(), np.round(reader.GetSpacing(), 4).tolist()))
-    if any(g != grids[0] for g in grids[1:]):
-        return f"channels are on different grids: {[f.name for f in files]}"
     return None
 
 
@@ -125,15 +151,21 @@ def predict(input_dir: str | Path, output_dir: str | Path, dataset: str, configu
     dataset_json = json.loads((model / "dataset.json").read_text())
     channel_names = [dataset_json["channel_names"][k] for k in sorted(dataset_json["channel_names"], key=int)]
     ending = dataset_json["file_ending"]
+    folds_arg = _check_checkpoints(model, folds, checkpoint)
     cases, failed = find_cases(input_dir, len(channel_names), ending)
     for case, reason in failed.items():
         logger.error("case %s left out: %s", case, reason)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".nnunet_mgcl_write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"cannot write to the output folder: {os_error_text(e)}", file=output_dir) from None
 
     predictor = MultiTaskPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                    perform_everything_on_device=True, device=torch.device(device),
                                    verbose=False, verbose_preprocessing=False, allow_tqdm=progress)
-    folds_arg = [f if f == "all" else int(f) for f in folds]
     predictor.initialize_from_trained_model_folder(str(model), folds_arg, checkpoint_name=checkpoint)
     calibration = model_calibration(model, folds_arg, configuration) if predictor.is_multitask else None
     if calibration is not None:

@@ -1,4 +1,14 @@
-"""Shared fixtures. The expensive one, a tiny preprocessed phantom dataset, is built once per session."""
+"""Shared fixtures. The expensive one, a tiny preprocessed phantom dataset, is built once per session.
+
+Test tiers: a test that starts nnU-Net or our console scripts as processes is marked ``integration``:
+automatically when it uses one of :data:`INTEGRATION_FIXTURES` (directly or through another fixture),
+explicitly (``pytestmark = pytest.mark.integration`` / ``@pytest.mark.integration``) when it starts
+processes itself. ``helpers.script`` / ``helpers.run`` refuse in an unmarked test, so a missing mark
+fails loudly instead of slowing the fast tier (``pytest -m "not integration"``).
+
+Session fixtures are shared by many tests: a test that changes one (trains further, writes a split or
+plans) works on ``helpers.private_copy`` of it, so that results do not depend on test order.
+"""
 from __future__ import annotations
 
 import sys
@@ -9,9 +19,29 @@ import pytest
 # make tests/helpers.py importable as `helpers` whatever pytest's import mode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import helpers  # noqa: E402
 from helpers import clean_env, run, script, train  # noqa: E402
 
+from nnunet_mgcl.nnunet_commands import planner_env  # noqa: E402
+
 TINY_ID = 991
+
+#: fixtures that start processes (nnU-Net planning, training, our console scripts): a test using any of
+#: them, directly or through another fixture, is marked integration
+INTEGRATION_FIXTURES = frozenset({"tiny_dataset", "pretrained"})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Tell helpers whether the test about to run may start processes (see the module docstring). A hook,
+    not a fixture: it runs before *all* fixtures of the test, module- and session-scoped ones included."""
+    helpers.CURRENT_TEST.update(nodeid=item.nodeid, integration=item.get_closest_marker("integration") is not None)
 
 
 @pytest.fixture
@@ -23,7 +53,6 @@ def raw(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("nnUNet_preprocessed", raising=False)
     monkeypatch.delenv("nnUNet_results", raising=False)
     return raw
-
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +70,7 @@ def tiny_dataset(tmp_path_factory):
     run([mgcl, "phantom", "-o", str(root / "phantom"), "--cases", "6", "--unlabeled", "4", "--test", "2"], env=env)
     run([mgcl, "convert", "mmis", str(root / "phantom"), "-d", str(TINY_ID), "--name", "Tiny"], env=env)
     run([script("nnUNetv2_plan_and_preprocess"), "-d", str(TINY_ID), "-c", "3d_fullres", "2d", "-np", "1",
-         "-npfp", "1"], env={**env, "nnUNet_n_proc_DA": "1"}, timeout=900)
+         "-npfp", "1"], env=planner_env(env), timeout=900)
     budget = ["--epochs", "1", "--iterations", "2", "--val-iterations", "1"]
     run([mgcl, "small-plans", "-d", str(TINY_ID), *budget], env=env)
     run([mgcl, "small-plans", "-d", str(TINY_ID), "-c", "2d", "-o", "nnUNetSmall2dPlans", "--batch-size", "4", *budget],

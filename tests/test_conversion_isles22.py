@@ -376,6 +376,7 @@ def test_layout_without_cases(tmp_path, raw):
 # nnU-Net accepts the output (once: ~40 s)
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_nnunet_plan_and_preprocess_verify_integrity(cohort, tmp_path, raw):
     run(cohort)
     verify_with_nnunet(raw, tmp_path, DATASET_ID)

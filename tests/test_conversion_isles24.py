@@ -442,6 +442,7 @@ def test_empty_input_folder(tmp_path, raw, content):
 # nnU-Net accepts the output (once: ~40 s)
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_nnunet_plan_and_preprocess_verify_integrity(shipped, tmp_path, raw):
     run(shipped)
     verify_with_nnunet(raw, tmp_path, DATASET_ID)

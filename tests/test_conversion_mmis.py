@@ -442,6 +442,7 @@ def test_unset_raw_env(cohort, monkeypatch):
 # nnU-Net accepts the output
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_nnunet_plan_and_preprocess_verify_integrity(cohort, tmp_path, raw):
     """``nnUNetv2_plan_and_preprocess -d ID --verify_dataset_integrity`` passes on the default output (~30 s)."""
     run(cohort)

@@ -119,6 +119,7 @@ def test_bad_input(built, raw, kind):
     check_bad_input(built, kind, raw, DATASET_ID)
 
 
+@pytest.mark.integration
 def test_all_four_converters_pass_nnunet_plan_and_preprocess(tmp_path):
     """One real ``nnUNetv2_plan_and_preprocess -d 611 612 613 614 --verify_dataset_integrity`` over the default
     outputs of the CSVD, WMH 2017, VALDO (EPVS, with the ignore label) and MM-WHS converters (~40-60 s)."""

@@ -15,6 +15,8 @@ import SimpleITK as sitk
 import torch
 from helpers import clean_env, run, script
 
+pytestmark = pytest.mark.integration
+
 DATASET = "Dataset990_MMISPhantom"
 
 

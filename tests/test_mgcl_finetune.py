@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from helpers import run, script, train
+from helpers import private_copy, run, script, train
 
 from nnunet_mgcl.discovery import ensure_ext_trainer_env
 
@@ -18,8 +18,11 @@ RESULTS = "nnUNetTrainerMGCL__nnUNetSmallPlans__3d_fullres"
 
 
 @pytest.fixture(scope="module")
-def finetuned(pretrained):
-    tiny, pretrain_fold, _ = pretrained
+def finetuned(pretrained, tmp_path_factory):
+    shared, shared_fold, _ = pretrained
+    # a private copy: the 50 % split and this run must not change the session dataset other tests train on
+    tiny = private_copy(shared, tmp_path_factory.mktemp("mgcl_finetune"))
+    pretrain_fold = Path(tiny["env"]["nnUNet_results"]) / shared_fold.relative_to(shared["env"]["nnUNet_results"])
     run([script("nnunet-mgcl"), "split", "-d", str(tiny["id"]), "--labeled-fraction", "0.5", "--overwrite"],
         env=tiny["env"])
     proc = train(tiny, "0", "-tr", "nnUNetTrainerMGCL")
@@ -79,6 +82,11 @@ def test_predict_matches_nnunetv2_predict_and_reports_probabilities(finetuned, t
     shutil.copytree(images, inputs)
     for f in sorted(images.glob("*_0000.nii.gz"))[:1]:  # one broken case: a channel file missing
         shutil.copy(f, inputs / f.name.replace(f.name.split("_0000")[0], "BROKEN"))
+    stem = sorted(images.glob("*_0000.nii.gz"))[0].name[: -len("_0000.nii.gz")]
+    for f in sorted(images.glob(f"{stem}_*.nii.gz")):  # a case with all channels, ...
+        shutil.copy(f, inputs / f"TRUNC{f.name[len(stem):]}")
+    data = (inputs / "TRUNC_0001.nii.gz").read_bytes()
+    (inputs / "TRUNC_0001.nii.gz").write_bytes(data[: len(data) // 2])  # ... one half-truncated (#12 item 3)
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     common = ["-d", str(tiny["id"]), "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainerMGCL", "-p", "nnUNetSmallPlans",
               "-device", "cpu", "-npp", "1", "-nps", "1"]
@@ -87,7 +95,8 @@ def test_predict_matches_nnunetv2_predict_and_reports_probabilities(finetuned, t
     assert proc.returncode == 1, proc.stderr  # the broken case is reported, the others ran
     run([script("nnUNetv2_predict"), "-i", str(images), "-o", str(theirs), *common], env=env, timeout=900)
     report = json.loads((ours / "predictions.json").read_text())
-    assert list(report["failed"]) == ["BROKEN"] and "channels [0] found" in report["failed"]["BROKEN"]
+    assert sorted(report["failed"]) == ["BROKEN", "TRUNC"] and "channels [0] found" in report["failed"]["BROKEN"]
+    assert "TRUNC_0001.nii.gz" in report["failed"]["TRUNC"] and "truncated" in report["failed"]["TRUNC"]
     assert report["case_label"]["name"] == "tss"
     cases = sorted(p.name[: -len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
     assert sorted(report["cases"]) == cases
@@ -112,7 +121,7 @@ def test_predict_matches_nnunetv2_predict_and_reports_probabilities(finetuned, t
         assert report_seq["cases"][case]["probabilities"] == pytest.approx(report["cases"][case]["probabilities"],
                                                                             abs=1e-5)
     csv_lines = (ours / "predictions.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("case,status,lesion_volume_ml") and len(csv_lines) == len(cases) + 2
+    assert csv_lines[0].startswith("case,status,lesion_volume_ml") and len(csv_lines) == len(cases) + 3
 
 
 def test_calibration_is_stored_with_the_model_and_applied_by_predict(finetuned, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run, script
+from helpers import private_copy, run, script
 from helpers import train as _train
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -54,8 +54,10 @@ def test_unlabeled_pool_is_preprocessed_beside_the_configuration_folder(pretrain
     assert config_files == {".b2nd", ".pkl"}  # nnU-Net's folder holds only its own files
 
 
-def test_resume_with_c_continues_where_training_stopped(pretrained):
-    tiny, fold, _ = pretrained
+def test_resume_with_c_continues_where_training_stopped(pretrained, tmp_path):
+    shared, shared_fold, _ = pretrained
+    tiny = private_copy(shared, tmp_path)  # resuming changes the checkpoint that other tests start from
+    fold = Path(tiny["env"]["nnUNet_results"]) / shared_fold.relative_to(shared["env"]["nnUNet_results"])
     plans = json.loads(_plans_path(tiny).read_text())
     block = plans["configurations"]["3d_fullres"]["mgcl"]
     block["pretrain_budget"] = dict(block["budget"], num_epochs=2)

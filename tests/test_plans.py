@@ -84,8 +84,55 @@ def test_write_small_plans_errors(tmp_path):
     (tmp_path / "nnUNetPlans.json").write_text(json.dumps(_plans()))
     with pytest.raises(InputError, match="not in the plans"):
         write_small_plans(tmp_path, configurations=["3d_cascade_fullres"])
-    with pytest.raises(ValueError, match="unknown budget key"):
+    with pytest.raises(InputError, match="unknown budget key"):
         write_small_plans(tmp_path, budget={"epochs": 3})
+
+
+def test_small_plans_never_overwrites_nnunets_plans_nor_writes_outside(tmp_path):
+    """Issue #12 item 4: -o nnUNetPlans replaced nnU-Net's own plans; -o ../evil wrote outside the folder."""
+    folder = tmp_path / "Dataset999_X"
+    folder.mkdir()
+    source = json.dumps(_plans())
+    (folder / "nnUNetPlans.json").write_text(source)
+    (folder / "nnUNetResEncUNetMPlans.json").write_text(source)
+    with pytest.raises(InputError, match="must differ from the source plans"):
+        write_small_plans(folder, target_plans="nnUNetPlans")
+    with pytest.raises(InputError, match="not written by small-plans"):
+        write_small_plans(folder, target_plans="nnUNetResEncUNetMPlans")
+    for bad in ("../evil", "sub/dir", ".hidden", ""):
+        with pytest.raises(InputError, match="not a plain name"):
+            write_small_plans(folder, target_plans=bad)
+    assert (folder / "nnUNetPlans.json").read_text() == source
+    assert (folder / "nnUNetResEncUNetMPlans.json").read_text() == source
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["Dataset999_X", "nnUNetPlans.json",
+                                                          "nnUNetResEncUNetMPlans.json"]
+    # a variant written by small-plans may be rewritten (the demo and the tests do)
+    write_small_plans(folder, budget={"num_epochs": 2})
+    write_small_plans(folder, budget={"num_epochs": 3})
+    assert budget(json.loads((folder / "nnUNetSmallPlans.json").read_text())["configurations"]["3d_fullres"]) == {
+        "num_epochs": 3}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"budget": {"num_epochs": 0}}, "budget num_epochs must be a positive integer"),
+    ({"budget": {"num_iterations_per_epoch": -1}}, "positive integer"),
+    ({"pretrain_budget": {"num_val_iterations_per_epoch": 0}}, "positive integer"),
+    ({"base_features": 0}, "features must be a positive integer"),
+    ({"max_features": -8}, "positive integer"),
+    ({"batch_size": 0}, "batch size must be a positive integer"),
+    ({"n_stages": 0}, "positive integer"),
+    ({"n_stages": 1}, "at least 2 stages"),
+    ({"patch_size": [0, 64, 48]}, "patch size must be a positive integer"),
+    ({"patch_size": [16, 30, 32]}, "divisible by"),
+    ({"patch_size": [32, 64]}, "has 2 axes"),
+])
+def test_small_plans_refuses_sizes_and_budgets_below_one(tmp_path, kwargs, message):
+    """Issue #12 items 4 and 8: values <= 0 were written without complaint; --stages 0 and a bad --patch-size
+    ended in a traceback (ValueError) instead of a message."""
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(_plans()))
+    with pytest.raises(InputError, match=message):
+        write_small_plans(tmp_path, **kwargs)
+    assert not (tmp_path / "nnUNetSmallPlans.json").exists()
 
 
 @pytest.mark.parametrize("block,message", [
@@ -119,3 +166,26 @@ def test_pretrain_and_finetune_settings_defaults_overrides_and_errors():
     with pytest.raises(ValueError, match="not written by a fine-tuning trainer"):
         classifier_shape({})
     assert classifier_shape({"mgcl": {"classifier": {"num_classes": 5, "num_modalities": 3}}}) == (5, 3)
+
+
+def test_small_plans_command_reports_bad_input_with_exit_2(tmp_path, monkeypatch, caplog):
+    """Issue #12 item 8: `small-plans -d 999`, `--stages 0` and a bad `--patch-size` ended in tracebacks."""
+    from nnunet_mgcl.cli import main
+
+    pre = tmp_path / "pre"
+    (pre / "Dataset998_X").mkdir(parents=True)
+    (pre / "Dataset998_X" / "nnUNetPlans.json").write_text(json.dumps(_plans()))
+    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    assert main(["small-plans", "-d", "999"]) == 2
+    assert "dataset 999: Could not find a dataset with the ID 999" in caplog.text
+    assert main(["small-plans", "-d", "998", "--stages", "0"]) == 2
+    assert main(["small-plans", "-d", "998", "--patch-size", "16", "30", "32"]) == 2
+    assert "divisible by" in caplog.text
+    assert main(["small-plans", "-d", "998", "-o", "nnUNetPlans"]) == 2
+    assert sorted(p.name for p in (pre / "Dataset998_X").iterdir()) == ["nnUNetPlans.json"]
+    assert main(["small-plans", "-d", "998", "--epochs", "1"]) == 0
+    monkeypatch.delenv("nnUNet_preprocessed")
+    assert main(["small-plans", "-d", "998"]) == 2
+    assert "nnUNet_preprocessed is not set" in caplog.text

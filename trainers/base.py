@@ -173,6 +173,26 @@ class PretrainedInitMixin:
         path = join(nnUNet_results, self.plans_manager.dataset_name, folder, "fold_all", "checkpoint_final.pth")
         return path if isfile(path) else None
 
+    def _refuse_interrupted_pretraining(self) -> None:
+        """Stop when the pretraining folder holds a checkpoint but no ``checkpoint_final.pth``: the
+        pretraining was interrupted, and silently training from scratch would waste it (and the run would
+        not be the method the user asked for). Resuming it is one ``--c`` away; our choice: no override
+        flag, deleting (or renaming) the folder is the explicit way to train from scratch."""
+        from nnunetv2.paths import nnUNet_results
+
+        folder = join(nnUNet_results, self.plans_manager.dataset_name,
+                      f"{self.pretraining_trainer}__{self.plans_manager.plans_name}__{self.configuration_name}",
+                      "fold_all")
+        partial = [n for n in ("checkpoint_latest.pth", "checkpoint_best.pth") if isfile(join(folder, n))]
+        if partial:
+            message = (f"the {self.pretraining_method} pretraining in {folder} was interrupted: it has "
+                       f"{', '.join(partial)} but no checkpoint_final.pth. Resume pretraining with --c "
+                       f"(nnUNetv2_train {self.plans_manager.dataset_name} {self.configuration_name} all -tr "
+                       f"{self.pretraining_trainer} -p {self.plans_manager.plans_name} --c), or delete that folder "
+                       f"to fine-tune from scratch")
+            self.print_to_log_file(f"ERROR: {message}")
+            raise RuntimeError(message)
+
     def _initialise_from_pretraining(self) -> None:
         from nnunet_mgcl.transfer import load_pretrained
 
@@ -183,6 +203,7 @@ class PretrainedInitMixin:
         elif self.current_epoch == 0:
             ckpt = self.pretraining_checkpoint()
             if ckpt is None:
+                self._refuse_interrupted_pretraining()
                 self.print_to_log_file(f"no {self.pretraining_method} pretraining checkpoint found: training from "
                                        "scratch")
             else:

@@ -41,6 +41,7 @@ import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
+from nnunet_mgcl.conventions import PLANS_KEY
 from nnunet_mgcl.settings import MMGLSettings, PretrainSettings, pretrain_settings, staged_settings
 from nnunet_mgcl.trainers.mgcl_pretrain import nnUNetTrainerMGCLPretrain
 
@@ -83,6 +84,8 @@ class StagedPretrainMixin:
         self.staged: MMGLSettings = staged_settings(self.configuration_manager.configuration,
                                                     self.staged_settings_class)
         self.stage1_epochs = self.staged.stage1_length(self.num_epochs)
+        for note in self.default_stages_that_exist(self.configuration_manager.configuration, self.staged)[2]:
+            self.print_to_log_file(note)
         self.stage = GLOBAL_STAGE
         self.stage_start = 0
         if self.stage1_epochs >= self.num_epochs:
@@ -92,12 +95,38 @@ class StagedPretrainMixin:
     @classmethod
     def pretrain_settings_for(cls, configuration: dict) -> PretrainSettings:
         """``mgcl.pretrain`` with this method's heads: both grains on, stages and per-stage weights from
-        ``mgcl.<block>`` (each stage trains one grain, so MGCL's grain weights do not apply)."""
+        ``mgcl.<block>`` (each stage trains one grain, so MGCL's grain weights do not apply); default
+        stage lists shortened to the stages the network has (:meth:`default_stages_that_exist`)."""
         st = staged_settings(configuration, cls.staged_settings_class)
+        (g, gw), (lo, lw), _ = cls.default_stages_that_exist(configuration, st)
         return pretrain_settings(configuration, **{
             **cls.settings_overrides, "global_weight": 1.0, "local_weight": 1.0,
-            "global_stages": st.global_stages, "local_stages": st.local_stages,
-            "global_scale_weights": st.global_scale_weights, "local_scale_weights": st.local_scale_weights})
+            "global_stages": g, "local_stages": lo, "global_scale_weights": gw, "local_scale_weights": lw})
+
+    @classmethod
+    def default_stages_that_exist(cls, configuration: dict, st: MMGLSettings):
+        """``((global_stages, weights), (local_stages, weights), notes)``: the settings' stage lists, where
+        a list is the *default* (not set in the plans) keeping only the stages the plans' network has.
+
+        Why: MMGL's defaults name three encoder and three decoder stages, and nnU-Net plans a coarse
+        cohort (a 6 mm phantom) with 3 stages, i.e. 2 decoder stages. Our choice: a default adapts, with a
+        note for the log; a stage the user names explicitly and the network lacks stays an error."""
+        arch = configuration.get("architecture", {}).get("arch_kwargs", {})
+        n_enc = arch.get("n_stages")
+        explicit = configuration.get(PLANS_KEY, {}).get(st.block, {})
+        out, notes = [], []
+        for grain, n, what in (("global", n_enc, "encoder"), ("local", None if n_enc is None else n_enc - 1,
+                                                              "decoder")):
+            stages, weights = getattr(st, f"{grain}_stages"), getattr(st, f"{grain}_scale_weights")
+            if n is not None and f"{grain}_stages" not in explicit and any(not -n <= s < n for s in stages):
+                keep = [i for i, s in enumerate(stages) if -n <= s < n]
+                if keep:
+                    notes.append(f"{PLANS_KEY}.{st.block}.{grain}_stages: the default {list(stages)} names more "
+                                 f"{what} stages than the network's {n}; using {[stages[i] for i in keep]}")
+                    stages = tuple(stages[i] for i in keep)
+                    weights = None if weights is None else tuple(weights[i] for i in keep)
+            out.append((stages, weights))
+        return out[0], out[1], notes
 
     # -- stages -------------------------------------------------------------------------------------
     def scheduled_stage(self, epoch: int) -> int:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nnunet_mgcl.errors import InputError
+from nnunet_mgcl.errors import InputError, OutputError, os_error_text
 from nnunet_mgcl.evaluation import FILE_ENDING, ISLES24_IOU_THRESHOLD, MATCHING_MODES
 
 if TYPE_CHECKING:
@@ -109,10 +109,17 @@ def _jsonable(obj: Any) -> Any:
 def write_summary(summary: dict[str, Any], path: str | Path) -> Path:
     """Write ``summary`` as JSON (NaN -> null), atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:  # read-only folder, full disk, a file where a folder should be
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise OutputError(f"cannot write the summary: {os_error_text(e)}", file=path) from None
     return path
 
 

@@ -360,9 +360,16 @@ def evaluate_folder(reference_dir: str | Path, prediction_dir: str | Path, match
         raise InputError(f"prediction missing (expected {f.name} in {prediction_dir}, for reference {f}){more}",
                          case=case, file=prediction_dir / f.name)
     out: dict[str, dict[str, float | int]] = {}
+    label_seen = False
     for case, ref_file in _progress(cases, progress, "evaluate"):
         ref, pred, spacing = read_case_pair(case, ref_file, prediction_dir / ref_file.name, label)
+        label_seen = label_seen or bool(ref.any() or pred.any())
         out[case] = case_metrics(ref, pred, spacing, matching, iou_threshold)
+    if label is not None and not label_seen:
+        # every case would score the empty-vs-empty convention (Dice 1, F1 1): a typo, not a result
+        raise InputError(f"label {label} occurs in none of the {len(cases)} reference and prediction files: "
+                         f"check --label (the masks' labels are in the dataset.json 'labels')",
+                         file=reference_dir)
     return out
 
 
