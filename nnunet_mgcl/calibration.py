@@ -163,7 +163,10 @@ def decide(probabilities: np.ndarray, lesion_volume_ml: float, threshold: float 
     "rule": why}`` from calibrated ``probabilities``, the predicted lesion volume and the operating point
     (``threshold`` on ``operating_class``'s probability; None: the argmax)."""
     p = np.asarray(probabilities, dtype=np.float64)
-    name = (lambda c: (classes or {}).get(c, str(c)))
+
+    def name(c: int) -> str:
+        return (classes or {}).get(c, str(c))
+
     if lesion_volume_ml < min_lesion_volume_ml:
         return {"outcome": "indeterminate", "class": None,
                 "rule": f"predicted lesion {lesion_volume_ml:.3g} mL < {min_lesion_volume_ml:g} mL "
