@@ -53,6 +53,7 @@ from nnunet_mgcl.progress import CoTrainingLocalLogger
 from nnunet_mgcl.settings import MMGLFinetuneSettings, mmgl_finetune_settings
 from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, clip_and_step,
                                        scaled_backward, wrap_in_augmenter)
+from nnunet_mgcl.trainers.base import SeededTrainingMixin
 
 
 class CoTrainingWarning(UserWarning):
@@ -64,7 +65,7 @@ def _full_resolution(output) -> torch.Tensor:
     return output[0] if isinstance(output, (list, tuple)) else output
 
 
-class nnUNetTrainerMMGL(PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+class nnUNetTrainerMMGL(SeededTrainingMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
     settings_overrides: ClassVar[dict] = {}
     pretraining_trainer: ClassVar[str] = "nnUNetTrainerMMGLPretrain"
     pretraining_method: ClassVar[str] = "MMGL"
