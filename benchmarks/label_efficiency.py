@@ -58,6 +58,7 @@ import logging
 import os
 import pickle
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -443,6 +444,9 @@ def markdown(result: dict) -> str:
             continue
         cell = a[point]
         label = "2 labeled cases" if point == "2" else "all labeled-centre cases"
+        if len(cell["replicates"]) < 2:
+            lines += [f"WARNING ({label}): one replicate, so the intervals cover the test cases only (no training "
+                      "noise); the A/A check and the verdicts need >= 2 replicates.", ""]
         lines += [f"**{label}** ({len(cell['replicates'])} replicates)"
                   + (f"; A/A interval covers 0: {'yes' if cell['aa_covers_zero'] else 'NO'}; minimal detectable "
                      f"Dice difference {cell['mdd_dice']:.3f}" if "aa_covers_zero" in cell else "")
@@ -598,7 +602,7 @@ def main(argv=None) -> int:
     test = load_test_cache(work)
     import torch
 
-    invocation = {"command": " ".join(["python", "benchmarks/label_efficiency.py", *(argv or sys.argv[1:])]),
+    invocation = {"command": shlex.join(["python", "benchmarks/label_efficiency.py", *(argv or sys.argv[1:])]),
                   "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                               "threads": torch.get_num_threads(),
                               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},
