@@ -320,7 +320,8 @@ def train(trainer: str, plans: str, fold: str, device: str, seed: int, pretraine
     from nnunet_mgcl.seeding import SEED_ENV
 
     os.environ[SEED_ENV] = str(seed)
-    t = get_trainer_from_args(str(DATASET_ID), CFG, fold if fold == "all" else int(fold), trainer, plans, False, device=torch.device(device))
+    t = get_trainer_from_args(str(DATASET_ID), CFG, fold if fold == "all" else int(fold), trainer, plans, False,
+                              device=torch.device(device))
     maybe_load_checkpoint(t, False, False, pretrained)
     t.run_training()
     return results_folder(trainer, plans, fold)
@@ -452,7 +453,8 @@ def markdown(result: dict) -> str:
                      f"Dice difference {cell['mdd_dice']:.3f}" if "aa_covers_zero" in cell else "")
                   + (f"; supervised positive control separates: {'yes' if cell['positive_control_separates'] else 'no'}"
                      if "positive_control_separates" in cell else ""), "",
-                  "| arm | R | Dice [95 % CI] | Δ Dice vs nnU-Net [95 % CI] | verdict | Δ lesion F1 | Δ AVD (mL) | FP rate |",
+                  "| arm | R | Dice [95 % CI] | Δ Dice vs nnU-Net [95 % CI] | verdict | Δ lesion F1 | Δ AVD (mL) "
+                  "| FP rate |",
                   "|---|---|---|---|---|---|---|---|"]
         for arm, e in cell["arms"].items():
             d = e["dice"]
@@ -460,8 +462,9 @@ def markdown(result: dict) -> str:
             delta = "" if vs is None else f"{vs['delta']:+.3f} [{vs['low']:+.3f}, {vs['high']:+.3f}]"
             f1 = e["lesion_f1"].get("vs_nnunet")
             avd = e["avd_ml"].get("vs_nnunet")
-            lines.append(f"| {arm} | {e['n_replicates']} | {d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}] | {delta} | "
-                         f"{'' if vs is None else vs['verdict']} | {'' if f1 is None else format(f1['delta'], '+.3f')} | "
+            lines.append(f"| {arm} | {e['n_replicates']} | {d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}] | "
+                         f"{delta} | {'' if vs is None else vs['verdict']} | "
+                         f"{'' if f1 is None else format(f1['delta'], '+.3f')} | "
                          f"{'' if avd is None else format(avd['delta'], '+.2f')} | "
                          f"{'n/a' if 'fp_rate' not in e else format(e['fp_rate'], '.2f')} |")
         lines.append("")
@@ -470,8 +473,9 @@ def markdown(result: dict) -> str:
                   "TSS probe AUC |", "|---|---|---|"]
         for net, p in result["probes"].items():
             seg, tss = p["segmentation"], p.get("tss")
+            tss_text = "n/a" if not tss else f"{tss['auc']:.3f} ({tss['n_cases']} cases)"
             lines.append(f"| {net} | {seg['mean_dice']:.3f} ± {seg['sd_dice']:.3f} ({seg['n_draws']} draws) | "
-                         f"{'n/a' if not tss else format(tss['auc'], '.3f') + ' (' + str(tss['n_cases']) + ' cases)'} |")
+                         f"{tss_text} |")
     return "\n".join(lines)
 
 
