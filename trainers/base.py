@@ -232,3 +232,85 @@ def wrap_in_augmenter(loader, device, light: bool = False):
 def wrap_in_augmenters(dl_tr, dl_val, device):
     """nnU-Net's choice of background workers for a pair of loaders (same settings as its trainer)."""
     return wrap_in_augmenter(dl_tr, device), wrap_in_augmenter(dl_val, device, light=True)
+
+
+class SeededTrainingMixin:
+    """Seeded, reproducible training when a seed is set (:mod:`nnunet_mgcl.seeding`); nnU-Net's own
+    behaviour otherwise. Put it first among a trainer's bases.
+
+    - ``initialize()``: all generators seeded before the network is built and again after it;
+    - ``on_train_start()``: every loader the trainer builds (nnU-Net's, ours, MMGL's unlabeled one) gets
+      its own stream, in fixed-order background workers or in-process; cuDNN deterministic on CUDA;
+    - every training step's loss is kept (by epoch) and written to ``iteration_losses.json`` in the
+      fold folder at the end (with the seed), the record a reproducibility check compares.
+    """
+
+    training_seed_value: int | None = None
+
+    def _training_seed(self) -> int | None:
+        from nnunet_mgcl.seeding import training_seed
+
+        return training_seed(self.configuration_manager.configuration)
+
+    def initialize(self) -> None:
+        from nnunet_mgcl.seeding import seed_everything
+
+        seed = self.training_seed_value = self._training_seed()
+        if seed is not None:
+            seed_everything(seed)
+        super().initialize()
+        if seed is not None:
+            seed_everything(seed + self.local_rank)  # an extra head must not shift what follows; ranks differ
+            self.print_to_log_file(f"seeded training: seed {seed} (Python, NumPy, torch; one stream per loader)")
+
+    def on_train_start(self) -> None:
+        from nnunet_mgcl.seeding import make_deterministic_cuda, seeded_augmenters
+
+        self._iteration_losses: list[list[float]] = []
+        self._record_iteration_losses()
+        seed = self._training_seed() if self.training_seed_value is None else self.training_seed_value
+        self.training_seed_value = seed
+        if seed is None:
+            super().on_train_start()
+            return
+        make_deterministic_cuda()
+        with seeded_augmenters(seed, self.local_rank) as factory:
+            super().on_train_start()
+        self._seeded_augmenters = factory.built
+
+    def _record_iteration_losses(self) -> None:
+        """Wrap this instance's ``train_step`` (whatever class defines it) to keep each step's loss by epoch."""
+        import numpy as np
+
+        step = self.train_step
+
+        def recorded(batch: dict) -> dict:
+            out = step(batch)
+            while len(self._iteration_losses) <= self.current_epoch:
+                self._iteration_losses.append([])
+            self._iteration_losses[self.current_epoch].append(float(np.mean(out["loss"])))
+            return out
+
+        self.train_step = recorded
+
+    def on_train_end(self) -> None:
+        import contextlib
+        import io
+        import json
+
+        from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+
+        super().on_train_end()
+        for aug in getattr(self, "_seeded_augmenters", []):
+            if isinstance(aug, MultiThreadedAugmenter):
+                with contextlib.redirect_stdout(io.StringIO()):
+                    aug._finish()
+        if self.local_rank == 0:
+            import os
+
+            record = {"seed": self.training_seed_value, "trainer": self.__class__.__name__,
+                      "losses": getattr(self, "_iteration_losses", [])}
+            path = join(self.output_folder, "iteration_losses.json")
+            with open(path + ".tmp", "w", encoding="utf-8") as fh:
+                json.dump(record, fh)
+            os.replace(path + ".tmp", path)

@@ -24,12 +24,12 @@ from __future__ import annotations
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin
+from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, SeededTrainingMixin
 from nnunet_mgcl.trainers.finetune_schedule import FinetuneScheduleMixin
 
 
-class nnUNetTrainerFinetune(FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin,
-                            nnUNetTrainer):
+class nnUNetTrainerFinetune(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin,
+                            PlansBudgetMixin, nnUNetTrainer):
     pretraining_trainer = ""
     pretraining_method = "-pretrained_weights"
 

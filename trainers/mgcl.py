@@ -56,10 +56,12 @@ from nnunet_mgcl.networks.multitask import MultiTaskUNet
 from nnunet_mgcl.progress import MultiTaskLocalLogger
 from nnunet_mgcl.settings import classifier_shape, finetune_settings
 from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, backward_and_step
+from nnunet_mgcl.trainers.base import SeededTrainingMixin
 from nnunet_mgcl.trainers.finetune_schedule import FinetuneScheduleMixin
 
 
-class nnUNetTrainerMGCL(FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+class nnUNetTrainerMGCL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin,
+                        nnUNetTrainer):
     settings_overrides: ClassVar[dict] = {}
     pretraining_trainer: ClassVar[str] = "nnUNetTrainerMGCLPretrain"
     pretraining_method: ClassVar[str] = "MGCL"

@@ -48,6 +48,7 @@ from nnunet_mgcl.networks.contrastive import ContrastiveUNet
 from nnunet_mgcl.progress import ContrastiveLocalLogger
 from nnunet_mgcl.settings import PretrainSettings, pretrain_settings
 from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, backward_and_step, wrap_in_augmenters
+from nnunet_mgcl.trainers.base import SeededTrainingMixin
 from nnunet_mgcl.transfer import METADATA_KEY
 
 TRANSFER_KEY = METADATA_KEY  # read back by nnunet_mgcl.transfer.load_pretrained
@@ -57,7 +58,7 @@ class RepresentationCollapse(RuntimeError):
     """The embeddings stopped spreading out (uniformity near its worst value)."""
 
 
-class nnUNetTrainerMGCLPretrain(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
     #: settings a trainer variant fixes on top of the plans (the ablations switch a grain off)
     settings_overrides: ClassVar[dict] = {}
     budget_key = "pretrain_budget"

@@ -54,6 +54,7 @@ from nnunet_mgcl.progress import CoTrainingLocalLogger
 from nnunet_mgcl.settings import MMGLFinetuneSettings, mmgl_finetune_settings
 from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, clip_and_step,
                                        scaled_backward, wrap_in_augmenter)
+from nnunet_mgcl.trainers.base import SeededTrainingMixin
 from nnunet_mgcl.trainers.finetune_schedule import FinetuneScheduleMixin
 
 
@@ -66,7 +67,8 @@ def _full_resolution(output) -> torch.Tensor:
     return output[0] if isinstance(output, (list, tuple)) else output
 
 
-class nnUNetTrainerMMGL(FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+class nnUNetTrainerMMGL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin,
+                        nnUNetTrainer):
     settings_overrides: ClassVar[dict] = {}
     pretraining_trainer: ClassVar[str] = "nnUNetTrainerMMGLPretrain"
     pretraining_method: ClassVar[str] = "MMGL"

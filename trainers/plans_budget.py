@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin
+from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, SeededTrainingMixin
 
 
-class nnUNetTrainerPlansBudget(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+class nnUNetTrainerPlansBudget(SeededTrainingMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
