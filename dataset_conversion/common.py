@@ -1123,7 +1123,7 @@ class DatasetWriter:
                            "values": {c: self.summary.case_labels.get(c) for c in self._case_order() if c not in test}}
         pool = {"folder": UNLABELED_FOLDER, "cases": {c: self.summary.pool[c] for c in sorted(self.summary.pool)}}
         metadata = {c: m for c, m in self.metadata.items() if c not in test}
-        test_file = case_label_name is not None and bool(test)
+        test_file = bool(test)  # labels where the dataset has them, metadata always
         rels = ["dataset.json"] + ([CASE_METADATA_FILE] if metadata else []) + \
             ([TEST_CASE_LABELS_FILE] if test_file else [])
         if self.dry_run:

@@ -23,17 +23,20 @@ from nnunet_mgcl.conventions import CASE_LABELS_KEY, TEST_CASE_LABELS_FILE
 TEST_METADATA_KEY = "case_metadata"
 
 
-def write_test_case_labels(folder: str | Path, name: str, classes: Mapping[str, str],
+def write_test_case_labels(folder: str | Path, name: str | None, classes: Mapping[str, str],
                            values: Mapping[str, Any], metadata: Mapping[str, Mapping[str, Any]] | None = None
                            ) -> Path:
     """Write ``folder/test_case_labels.json``: the test cases' labels in the ``case_labels`` layout that
-    ``evaluate --case-labels`` reads, and their metadata; atomically (temporary file, then rename)."""
+    ``evaluate --case-labels`` reads (none when the dataset has no case label, ``name`` None), and their
+    metadata; atomically (temporary file, then rename)."""
     path = Path(folder) / TEST_CASE_LABELS_FILE
     content: dict[str, Any] = {
-        CASE_LABELS_KEY: {"name": name, "classes": dict(classes), "values": {k: values[k] for k in sorted(values)}},
-        "note": "labels of the held-out test cases (imagesTs): for nnunet-mgcl evaluate --case-labels only; kept out "
-                "of dataset.json so that no trainer can read them",
+        "note": "the held-out test cases (imagesTs): their labels are for nnunet-mgcl evaluate --case-labels only; "
+                "kept out of dataset.json and case_metadata.json so that no trainer can read them",
     }
+    if name is not None:
+        content[CASE_LABELS_KEY] = {"name": name, "classes": dict(classes),
+                                    "values": {k: values[k] for k in sorted(values)}}
     if metadata:
         content[TEST_METADATA_KEY] = {k: dict(metadata[k]) for k in sorted(metadata)}
     tmp = path.with_name(f".{path.name}.tmp")

@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from conversion_fixtures import BAD_KINDS, build_wmh17, check_bad_input, verify_in_process, wmh_subject
-from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABELED_POOL_KEY
+from nnunet_mgcl.case_labels import TEST_METADATA_KEY
+from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, TEST_CASE_LABELS_FILE, UNLABELED_POOL_KEY
 from nnunet_mgcl.dataset_conversion import wmh17
 from nnunet_mgcl.errors import InputError
 
@@ -41,7 +42,9 @@ def test_convert_sites_splits_and_ignore_label(built, raw):
     assert meta["WMH_Amsterdam-GE3T-100"] | {"other_pathology_voxels": 0} == {
         "source_id": "Amsterdam/GE3T/100", "split": "training", "site": "Amsterdam", "scanner": "GE3T",
         "group": "train", "source_folder": "training/Amsterdam/GE3T/100", "other_pathology_voxels": 0}
-    assert meta["WMH_Utrecht-0"]["other_pathology_voxels"] == 2 and meta["WMH_Utrecht-1"]["split"] == "test"
+    assert meta["WMH_Utrecht-0"]["other_pathology_voxels"] == 2 and "WMH_Utrecht-1" not in meta
+    test = json.loads((out / TEST_CASE_LABELS_FILE).read_text())  # the test case's metadata, kept apart
+    assert CASE_LABELS_KEY not in test and test[TEST_METADATA_KEY]["WMH_Utrecht-1"]["split"] == "test"
     src = sitk.ReadImage(str(built.root / "training" / "Utrecht" / "0" / "pre" / "FLAIR.nii.gz"))
     img = sitk.ReadImage(str(out / "imagesTr" / "WMH_Utrecht-0_0000.nii.gz"))
     assert np.array_equal(sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(src))
