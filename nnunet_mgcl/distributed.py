@@ -104,6 +104,20 @@ def device_for_this_rank(requested: torch.device) -> torch.device:
     return torch.device("cpu")
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on at least one rank (a decision every rank must take alike)."""
+    if world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([float(bool(flag))], device=_collective_device())
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def _collective_device() -> torch.device:
+    """Where a small tensor for a collective must live: this rank's GPU under NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
@@ -122,9 +136,12 @@ def _rows_per_rank(n: int, device: torch.device) -> list[int]:
     return [int(c.item()) for c in counts]
 
 
-def rows_per_rank(n: int, device: torch.device | str = "cpu") -> list[int]:
-    """Every rank's ``n`` (rank order), e.g. its number of samples."""
-    return [n] if world_size() == 1 else _rows_per_rank(n, torch.device(device))
+def rows_per_rank(n: int, device: torch.device | str | None = None) -> list[int]:
+    """Every rank's ``n`` (rank order), e.g. its number of samples (``device``: where the collective runs;
+    default the backend's)."""
+    if world_size() == 1:
+        return [n]
+    return _rows_per_rank(n, torch.device(device) if device is not None else _collective_device())
 
 
 def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
