@@ -90,32 +90,38 @@ def _inputs(counts):
     return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randn(n, 6, generator=g, dtype=torch.float64)
 
 
-def _loss_worker(rank, world, counts, use_groups, out_dir):
-    z1, z2 = _embeddings(counts)
-    groups = _groups(counts) if use_groups else None
-    mine = _slice(counts, rank)
-    a, b = z1[mine].clone().requires_grad_(), z2[mine].clone().requires_grad_()
-    loss = global_info_nce(a, b, TEMPERATURE, None if groups is None else groups[mine])
-    # each rank's embedding gradient, summed over ranks by the gather's backward, divided by W as DDP does
-    loss.backward()
-    result = {"loss": float(loss), "grad1": (a.grad / world).tolist(), "grad2": (b.grad / world).tolist()}
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+CASES = [([2, 2], False), ([3, 2], True), ([1, 3], False)]  # rows per rank, same-case groups
 
 
-@pytest.mark.parametrize("counts,use_groups", [([2, 2], False), ([3, 2], True), ([1, 3], False)])
-def test_gathered_loss_and_gradients_equal_one_process_on_the_concatenated_batch(tmp_path, counts, use_groups):
-    _spawn(_loss_worker, len(counts), counts, use_groups, str(tmp_path))
-    z1, z2 = _embeddings(counts)
-    z1.requires_grad_(), z2.requires_grad_()
-    reference = info_nce(z1, z2, TEMPERATURE, _groups(counts) if use_groups else None)
-    reference.backward()
-    for rank in range(len(counts)):
-        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert got["loss"] == pytest.approx(reference.item(), abs=1e-6)
+def _loss_worker(rank, world, out_dir):
+    results = []
+    for counts, use_groups in CASES:
+        z1, z2 = _embeddings(counts)
+        groups = _groups(counts) if use_groups else None
         mine = _slice(counts, rank)
-        # a rank's local embeddings get the single-process gradient (times W before DDP's mean)
-        assert torch.allclose(torch.tensor(got["grad1"], dtype=torch.float64), z1.grad[mine], atol=1e-6)
-        assert torch.allclose(torch.tensor(got["grad2"], dtype=torch.float64), z2.grad[mine], atol=1e-6)
+        a, b = z1[mine].clone().requires_grad_(), z2[mine].clone().requires_grad_()
+        loss = global_info_nce(a, b, TEMPERATURE, None if groups is None else groups[mine])
+        # each rank's embedding gradient, summed over ranks by the gather's backward, divided by W as DDP does
+        loss.backward()
+        results.append({"loss": loss.item(), "grad1": (a.grad / world).tolist(), "grad2": (b.grad / world).tolist()})
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+
+
+def test_gathered_loss_and_gradients_equal_one_process_on_the_concatenated_batch(tmp_path):
+    _spawn(_loss_worker, 2, str(tmp_path))
+    got = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for i, (counts, use_groups) in enumerate(CASES):
+        z1, z2 = _embeddings(counts)
+        z1.requires_grad_(), z2.requires_grad_()
+        reference = info_nce(z1, z2, TEMPERATURE, _groups(counts) if use_groups else None)
+        reference.backward()
+        for rank in range(2):
+            case = got[rank][i]
+            assert case["loss"] == pytest.approx(reference.item(), abs=1e-6), (counts, rank)
+            mine = _slice(counts, rank)
+            # a rank's local embeddings get the single-process gradient (times W before DDP's mean)
+            assert torch.allclose(torch.tensor(case["grad1"], dtype=torch.float64), z1.grad[mine], atol=1e-6)
+            assert torch.allclose(torch.tensor(case["grad2"], dtype=torch.float64), z2.grad[mine], atol=1e-6)
 
 
 def _replica_worker(rank, world, counts, wrapper, out_dir):

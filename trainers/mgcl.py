@@ -26,6 +26,9 @@
   ``classification_summary.json`` and ``classification_predictions.json`` (whole-scan probabilities of
   the validation cases, predicted as ``nnunet-mgcl predict`` does).
 - ``nnUNetTrainerMGCL_noMRFF``: the same with a plain pooled head on the bottleneck (ablation).
+- **Several ranks** (``-num_gpus N``, ``torchrun``): gradients of the U-Net and the head averaged once per
+  step (:mod:`nnunet_mgcl.distributed`); the class weights come from the whole split (the same on every
+  rank); the validation AUC and losses cover every rank's batches; rank 0 writes.
 - ``torch.compile`` is not used (our step calls the network's multi-task forward, which nnU-Net's
   compiled wrapper would not cover); compare speeds with ``nnUNet_compile=f`` for both.
 """

@@ -21,6 +21,12 @@ the one with the lowest validation loss. Checkpoints are nnU-Net's (``--c`` resu
 ``mgcl_transfer``: what a fine-tuning run needs to adapt the weights. ``-pretrained_weights`` of plain
 ``nnUNetTrainer`` loads the encoder and decoder from them (the heads are ignored).
 
+Under several ranks (``-num_gpus N``, ``torchrun``; :mod:`nnunet_mgcl.distributed`) the coarse loss runs
+over the global batch (:func:`nnunet_mgcl.losses.global_info_nce`: embeddings gathered with gradients,
+same-case groups over all ranks' keys); the fine loss stays per rank (our choice, see
+``docs/multi_gpu.md`` for its memory cost); gradients are averaged once per step; the logged losses
+and representation measures cover every rank.
+
 ``nnUNetTrainerMGCLPretrain_coarse`` and ``nnUNetTrainerMGCLPretrain_fine`` are the one-grain ablations.
 """
 from __future__ import annotations
@@ -37,11 +43,11 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 
+from nnunet_mgcl import distributed
 from nnunet_mgcl.data.augmentation import split_transforms
 from nnunet_mgcl.data.candidates import directions_from_channel_names
 from nnunet_mgcl.data.pool import CombinedDataset, ensure_preprocessed_pool, pool_cases
 from nnunet_mgcl.data.two_view import TwoViewDataLoader, TwoViewSettings
-from nnunet_mgcl import distributed
 from nnunet_mgcl.distributed import unwrap
 from nnunet_mgcl.losses import alignment, dense_info_nce, global_info_nce, is_collapsed, uniformity
 from nnunet_mgcl.networks.contrastive import ContrastiveUNet

@@ -15,6 +15,10 @@ from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin
 
 
 class nnUNetTrainerPlansBudget(CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+    #: nnU-Net's own train step: its DDP averages the gradients (with device arguments that also work on
+    #: the CPU, so that torchrun with gloo runs it too)
+    replicate_without_ddp = False
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
