@@ -19,14 +19,10 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.configuration import default_num_processes
-from torch._dynamo import OptimizedModule
+
+from nnunet_mgcl.distributed import unwrap
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    mod = network.module if hasattr(network, "module") and not isinstance(network, OptimizedModule) else network
-    return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
 
 def _add(acc: dict | None, sums: dict) -> dict:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 __all__ = [
     "info_nce",
+    "global_info_nce",
     "positive_mask",
     "dense_info_nce",
     "alignment",
@@ -134,6 +135,67 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.1,
         self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
         logits = (z @ z.T / temperature).masked_fill(self_mask, MASK_LOGIT)
         return _nce_from_logits(logits, positive_mask(n, positive_groups, z.device))
+
+
+def global_info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.1,
+                    positive_groups: Tensor | None = None) -> Tensor:
+    """:func:`info_nce` over the **global** batch: every rank's pairs are negatives of every anchor.
+
+    Under several ranks (:mod:`nnunet_mgcl.distributed`), the embeddings of all ranks are gathered with
+    gradients; this rank's 2n anchors (its rows in both views) are contrasted against all 2N gathered
+    embeddings, so that an anchor has 2N - 2 negatives instead of 2n - 2 (N = the global batch, n this
+    rank's share; positives offset by the rank's first row, OpenCLIP's and MoCo v3's scheme).
+    ``positive_groups`` must be comparable across ranks (e.g. ids of case keys gathered over ranks,
+    or partition indices); they are gathered too, so same-case positives span ranks.
+
+    The value returned is the single-process loss on the concatenated batch (the same on every rank,
+    for logging); its gradient is that of this rank's anchors' share, scaled so that the mean over ranks
+    of the parameter gradients (what DDP and :func:`~nnunet_mgcl.distributed.synchronize_replicas`
+    apply) is exactly the single-process gradient, also when ranks hold different numbers of pairs.
+    In one process this is :func:`info_nce`.
+
+    Raises:
+        ValueError: as :func:`info_nce`, with N (the global batch) in place of the local one: a rank may
+            hold a single pair when others hold the negatives.
+    """
+    from nnunet_mgcl import distributed
+
+    if distributed.world_size() == 1:
+        return info_nce(z1, z2, temperature, positive_groups)
+    if z1.dim() != 2 or z1.shape != z2.shape:
+        raise ValueError(f"global_info_nce: expected two (n, D) tensors of equal shape, got "
+                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
+    _check_temperature(temperature)
+    n = z1.shape[0]
+    if positive_groups is not None and (positive_groups.shape != (n,) or positive_groups.is_floating_point()):
+        raise ValueError(f"global_info_nce: positive_groups must be an integer tensor of shape ({n},), got "
+                         f"{positive_groups.dtype} {tuple(positive_groups.shape)}")
+    counts = distributed.rows_per_rank(n, z1.device)
+    total, first = sum(counts), sum(counts[:distributed.rank()])
+    if total < 2:
+        raise ValueError(f"global_info_nce: needs at least 2 pairs over all ranks (the other pairs are the "
+                         f"negatives), got {total}; the global batch size in the plans must be >= 2")
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        g1, g2 = distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)          # (N, D) each
+        z = _normalize(torch.cat([g1, g2], dim=0))                                          # (2N, D)
+        mine = torch.arange(first, first + n, device=z.device)
+        rows = torch.cat([mine, mine + total])                                              # this rank's anchors
+        logits = (z[rows] @ z.T / temperature)
+        own = torch.arange(2 * n, device=z.device)
+        logits = logits.index_put((own, rows), torch.tensor(MASK_LOGIT, dtype=logits.dtype, device=z.device))
+        if positive_groups is None:
+            pos = torch.zeros_like(logits, dtype=torch.bool)
+            pos[own, (rows + total) % (2 * total)] = True
+        else:
+            g = distributed.gather_no_grad(positive_groups.to(z.device))
+            g = torch.cat([g, g])
+            pos = (g[rows][:, None] == g[None, :])
+            pos[own, rows] = False
+        local = _nce_from_logits(logits, pos)                   # mean over this rank's 2n anchors
+        # single-process loss = sum_r n_r L_r / N; DDP averages gradients over W ranks, hence the factor W
+        share = local * (n * distributed.world_size() / total)
+        value = distributed.gather_no_grad((local.detach() * n / total).reshape(1)).sum()
+        return share + (value - share.detach())
 
 
 def positive_mask(n: int, positive_groups: Tensor | None = None, device: torch.device | str | None = None) -> Tensor:

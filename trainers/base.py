@@ -1,12 +1,15 @@
 """Behaviour shared by all our trainers, as mixins placed before ``nnUNetTrainer`` in the MRO."""
 from __future__ import annotations
 
+import contextlib
 from os.path import isfile, join
 from typing import ClassVar
 
-from torch._dynamo import OptimizedModule
+import torch
 
+from nnunet_mgcl import distributed
 from nnunet_mgcl.checkpoints import atomic_torch_save, to_cpu
+from nnunet_mgcl.distributed import ReplicatedModule, unwrap
 from nnunet_mgcl.settings import budget
 
 #: attribute our fine-tuning trainers set on their network in ``initialize()``: the file it was
@@ -33,7 +36,81 @@ class PlansBudgetMixin:
         self.save_every = min(self.save_every, max(1, self.num_epochs // 2))
 
 
-class CheckpointMixin:
+@contextlib.contextmanager
+def _our_replication(trainer):
+    """While nnU-Net's ``initialize`` runs: its ``DDP(network, device_ids=[rank])`` becomes our
+    :class:`~nnunet_mgcl.distributed.ReplicatedModule` (or a DDP with device arguments that also work on
+    the CPU), and on the CPU its ``SyncBatchNorm`` conversion is skipped (SyncBatchNorm needs a GPU)."""
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
+
+    original_ddp = nnunet_trainer_module.DDP
+    original_sync = torch.nn.SyncBatchNorm.__dict__["convert_sync_batchnorm"]
+
+    def wrap(network, *args, **kwargs):
+        if trainer.replicate_without_ddp:
+            return ReplicatedModule(network)
+        return distributed.ddp(network, trainer.device)
+
+    nnunet_trainer_module.DDP = wrap
+    if trainer.device.type != "cuda":
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(lambda module, process_group=None: module)
+    try:
+        yield
+    finally:
+        nnunet_trainer_module.DDP = original_ddp
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm = original_sync
+
+
+class DistributedMixin:
+    """What our trainers need under several ranks (nnU-Net's ``-num_gpus N``, or ``torchrun`` through
+    :mod:`nnunet_mgcl.torchrun_train`), on top of nnU-Net's own DDP handling.
+
+    - **Device**: nnU-Net 2.8.1 forces ``cuda:<global rank>``; we use ``cuda:LOCAL_RANK`` under NCCL
+      (several nodes) and the CPU under gloo (no gradient scaler there, as nnU-Net on the CPU).
+    - **Replication**: our train steps call methods other than ``forward``, skip loss terms per batch,
+      freeze stages and run several backward passes; DDP's hooks break on each (see
+      :class:`~nnunet_mgcl.distributed.ReplicatedModule`). A trainer whose own train step ends in
+      :func:`clip_and_step` sets ``replicate_without_ddp``: the network is replicated and its gradients
+      averaged once per step. The default (``nnUNetTrainerPlansBudget``, ``nnUNetTrainerFinetune``: nnU-Net's
+      own step, which never calls :func:`clip_and_step`) is nnU-Net's DDP, with device arguments that also
+      work on the CPU.
+    - **Batch**: the plans' batch size is the global batch, split over the ranks by nnU-Net; fewer
+      samples than ranks is refused with a message naming the setting.
+    Rank 0 writes logs and checkpoints (nnU-Net's ``print_to_log_file``, :class:`CheckpointMixin`).
+    """
+
+    #: True only for trainers whose train step ends in :func:`clip_and_step` (it averages the gradients)
+    replicate_without_ddp: ClassVar[bool] = False
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp:
+            self.device = distributed.device_for_this_rank(device)
+            if self.device.type != "cuda":
+                self.grad_scaler = None
+
+    def global_batch_size(self) -> int:
+        """The plans' batch size: the global batch, which nnU-Net splits over the ranks."""
+        return int(self.configuration_manager.batch_size)
+
+    def initialize(self) -> None:
+        if not self.is_ddp or self.was_initialized:
+            super().initialize()
+            return
+        ranks = distributed.world_size()
+        if self.global_batch_size() < ranks:
+            raise RuntimeError(f"{self.__class__.__name__}: the plans' batch size (plans['configurations']"
+                               f"['{self.configuration_name}']['batch_size'] = {self.global_batch_size()}) is the "
+                               f"global batch, split over {ranks} ranks; it must be at least {ranks} (one sample "
+                               "per rank): raise it in the plans or start fewer ranks")
+        with _our_replication(self):
+            super().initialize()
+        self.print_to_log_file(f"rank {distributed.rank()} of {ranks} on {self.device}: {self.batch_size} of the "
+                               f"global batch of {self.global_batch_size()}")
+
+
+class CheckpointMixin(DistributedMixin):
     """nnU-Net's checkpoint, written atomically, on the CPU, with room for extra entries.
 
     - Atomic: nnU-Net ``torch.save``s straight into ``checkpoint_latest.pth``; a kill during that write
@@ -44,6 +121,8 @@ class CheckpointMixin:
       its state to the parameters' device).
     - :meth:`checkpoint_extras` adds entries (nnU-Net ignores keys it does not know).
     The keys and values are otherwise exactly nnunetv2 2.8.1's ``nnUNetTrainer.save_checkpoint``.
+    Every trainer of ours has this mixin, so it also brings :class:`DistributedMixin` (rank 0 writes; the
+    weights are the unwrapped module's, loadable in one process).
     """
 
     def checkpoint_extras(self) -> dict:
@@ -55,9 +134,7 @@ class CheckpointMixin:
         if self.disable_checkpointing:
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
-        mod = self.network.module if self.is_ddp else self.network
-        if isinstance(mod, OptimizedModule):
-            mod = mod._orig_mod
+        mod = unwrap(self.network)
         checkpoint = {
             "network_weights": mod.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
@@ -90,10 +167,12 @@ def scaled_backward(trainer, loss) -> None:
 
 def clip_and_step(trainer, extra_optimizers=()) -> None:
     """The rest of nnU-Net's update after :func:`scaled_backward`: unscale, clip the gradient norm at 12,
-    optimiser step(s), scaler update."""
-    import torch
+    optimiser step(s), scaler update. Under several ranks the gradients are first averaged over them
+    (:func:`nnunet_mgcl.distributed.synchronize_replicas`): every rank then takes the same step."""
 
     optimizers = [trainer.optimizer, *extra_optimizers]
+    if isinstance(trainer.network, ReplicatedModule):  # several ranks: the mean gradient, before unscaling
+        distributed.synchronize_replicas(trainer.network)
     if trainer.grad_scaler is not None:
         for opt in optimizers:
             trainer.grad_scaler.unscale_(opt)
@@ -107,10 +186,11 @@ def clip_and_step(trainer, extra_optimizers=()) -> None:
             opt.step()
 
 
-def unwrap_network(network):
-    """The module itself, without DDP or ``torch.compile`` wrappers."""
-    mod = network.module if hasattr(network, "module") and not isinstance(network, OptimizedModule) else network
-    return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+def autocast_for(device: torch.device):
+    """nnU-Net's mixed precision: autocast on CUDA (torch's default, float16), nothing elsewhere."""
+    from nnunetv2.utilities.helpers import dummy_context
+
+    return torch.autocast(device.type, enabled=True) if device.type == "cuda" else dummy_context()
 
 
 def route_pretrained_weights_loader() -> None:
@@ -131,7 +211,7 @@ def route_pretrained_weights_loader() -> None:
         return
 
     def load(network, fname, verbose=False):
-        target = unwrap_network(network)
+        target = unwrap(network)
         if hasattr(target, INITIALIZED_FROM):
             report = load_pretrained(target, fname, target=getattr(target, TRANSFER_TARGET, None))
             print(report.summary())
@@ -163,7 +243,7 @@ class PretrainedInitMixin:
 
     def _prepare_pretrained_init(self) -> None:
         route_pretrained_weights_loader()
-        setattr(unwrap_network(self.network), INITIALIZED_FROM, None)
+        setattr(unwrap(self.network), INITIALIZED_FROM, None)
 
     def pretraining_checkpoint(self) -> str | None:
         """The pretraining checkpoint of this dataset / plans / configuration, if there is one."""
@@ -196,7 +276,7 @@ class PretrainedInitMixin:
     def _initialise_from_pretraining(self) -> None:
         from nnunet_mgcl.transfer import load_pretrained
 
-        net = unwrap_network(self.network)
+        net = unwrap(self.network)
         source = getattr(net, INITIALIZED_FROM, None)
         if source is not None:
             self.print_to_log_file(f"initialised from {source} (-pretrained_weights)")

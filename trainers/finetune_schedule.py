@@ -26,7 +26,8 @@ import torch
 from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunet_mgcl.settings import TransferSettings, transfer_settings
-from nnunet_mgcl.trainers.base import TRANSFER_REPORT, TRANSFER_TARGET, unwrap_network
+from nnunet_mgcl.distributed import unwrap
+from nnunet_mgcl.trainers.base import TRANSFER_REPORT, TRANSFER_TARGET
 from nnunet_mgcl.transfer import TransferTarget, channel_list
 
 SCHEDULE_KEY = "mgcl_finetune_schedule"
@@ -109,13 +110,13 @@ class FinetuneScheduleMixin:
 
     def _prepare_pretrained_init(self) -> None:
         super()._prepare_pretrained_init()
-        setattr(unwrap_network(self.network), TRANSFER_TARGET, self.transfer_target())
+        setattr(unwrap(self.network), TRANSFER_TARGET, self.transfer_target())
 
     def _initialise_from_pretraining(self) -> None:
         super()._initialise_from_pretraining()
         if self.current_epoch != 0 or self.finetune_schedule is not None:
             return  # resumed: the schedule came back with the checkpoint (load_checkpoint)
-        report = getattr(unwrap_network(self.network), TRANSFER_REPORT, None)
+        report = getattr(unwrap(self.network), TRANSFER_REPORT, None)
         if report is None or not report.loaded:
             self.print_to_log_file("no pretrained tensors loaded: nnU-Net's learning rate schedule (no warm-up)")
             return
@@ -125,7 +126,7 @@ class FinetuneScheduleMixin:
     def apply_finetune_schedule(self, transferred: set[str], warmup_epochs: int, transferred_lr_scale: float) -> None:
         """Regroup the optimiser and install the warm-up schedule (also on resume, before the optimiser
         state is restored)."""
-        net = unwrap_network(self.network)
+        net = unwrap(self.network)
         self.optimizer = split_parameter_groups(self.optimizer, net.named_parameters(), transferred, self.initial_lr,
                                                 transferred_lr_scale)
         self.lr_scheduler = WarmupPolyLRScheduler(self.optimizer, self.num_epochs, warmup_epochs)

@@ -31,6 +31,9 @@
   and operating point on those cases, stored beside the checkpoint as ``fold_X/calibration.json``
   (:mod:`nnunet_mgcl.calibration`; ``nnunet-mgcl predict`` applies it).
 - ``nnUNetTrainerMGCL_noMRFF``: the same with a plain pooled head on the bottleneck (ablation).
+- **Several ranks** (``-num_gpus N``, ``torchrun``): gradients of the U-Net and the head averaged once per
+  step (:mod:`nnunet_mgcl.distributed`); the class weights come from the whole split (the same on every
+  rank); the validation AUC and losses cover every rank's batches; rank 0 writes.
 - ``torch.compile`` is not used (our step calls the network's multi-task forward, which nnU-Net's
   compiled wrapper would not cover); compare speeds with ``nnUNet_compile=f`` for both.
 """
@@ -44,24 +47,26 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
 
 from nnunet_mgcl.case_labels import UNKNOWN, CaseLabels
 from nnunet_mgcl.conventions import PLANS_KEY
-from nnunet_mgcl.inference import MultiTaskPredictor, unwrap
+from nnunet_mgcl import distributed
+from nnunet_mgcl.distributed import unwrap
+from nnunet_mgcl.inference import MultiTaskPredictor
 from nnunet_mgcl.losses import masked_cross_entropy
 from nnunet_mgcl.evaluation.classification import classification_metrics, roc_auc, roc_auc_ovr
 from nnunet_mgcl.networks.multitask import MultiTaskUNet
 from nnunet_mgcl.progress import MultiTaskLocalLogger
 from nnunet_mgcl.settings import classifier_shape, finetune_settings
-from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, backward_and_step
-from nnunet_mgcl.trainers.base import SeededTrainingMixin
+from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, SeededTrainingMixin,
+                                       autocast_for, backward_and_step)
 from nnunet_mgcl.trainers.finetune_schedule import FinetuneScheduleMixin
 
 
 class nnUNetTrainerMGCL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin,
                         nnUNetTrainer):
+    #: our train step ends in clip_and_step, which averages the gradients over ranks (DistributedMixin)
+    replicate_without_ddp: ClassVar[bool] = True
     settings_overrides: ClassVar[dict] = {}
     pretraining_trainer: ClassVar[str] = "nnUNetTrainerMGCLPretrain"
     pretraining_method: ClassVar[str] = "MGCL"
@@ -134,8 +139,6 @@ class nnUNetTrainerMGCL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
         return unwrap(self.network)
 
     def initialize(self) -> None:
-        if self.is_ddp:
-            raise RuntimeError(f"{self.__class__.__name__} does not support multi-GPU (DDP) training")
         super().initialize()
         self.net.classifier.region_based = self.label_manager.has_regions
         self._prepare_pretrained_init()
@@ -143,7 +146,7 @@ class nnUNetTrainerMGCL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
     def on_train_start(self) -> None:
         super().on_train_start()
         self._initialise_from_pretraining()
-        tr_keys, _ = self.do_split()
+        tr_keys, _ = self.do_split()  # the whole split's training cases: the same weights on every rank
         self.cls_weights = torch.tensor(self.case_labels.class_weights(tr_keys), dtype=torch.float32,
                                         device=self.device)
         self.print_to_log_file(f"case label '{self.case_labels.name}': class weights "
@@ -165,7 +168,7 @@ class nnUNetTrainerMGCL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
         y = self._targets(batch["keys"])
         self.optimizer.zero_grad(set_to_none=True)
         self.head_optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with autocast_for(self.device):
             seg, logits, _ = self.net.forward_multitask(data)
             seg_loss = self.loss(seg, target)
             cls_loss = self._cls_loss(logits, y)
@@ -177,14 +180,14 @@ class nnUNetTrainerMGCL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
         o = collate_outputs(train_outputs)
-        self.logger.log("train_seg_loss", float(np.mean(o["seg_loss"])), self.current_epoch)
-        self.logger.log("train_cls_loss", float(np.mean(o["cls_loss"])), self.current_epoch)
+        self.logger.log("train_seg_loss", distributed.mean_over_ranks(o["seg_loss"]), self.current_epoch)
+        self.logger.log("train_cls_loss", distributed.mean_over_ranks(o["cls_loss"]), self.current_epoch)
 
     def validation_step(self, batch: dict) -> dict:
         self.net.stash_features = True
         try:
             out = super().validation_step(batch)  # nnU-Net's: loss, pseudo-Dice counts
-            with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            with autocast_for(self.device):
                 logits = self.net.classify_stashed()
         finally:
             self.net.stash_features = False
@@ -196,12 +199,13 @@ class nnUNetTrainerMGCL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
         super().on_validation_epoch_end(val_outputs)
-        probs = np.concatenate([o["probabilities"] for o in val_outputs])
-        y = np.concatenate([o["cls_targets"] for o in val_outputs])
+        # the AUC over every rank's validation patches
+        probs = distributed.concatenate_over_ranks(np.concatenate([o["probabilities"] for o in val_outputs]))
+        y = distributed.concatenate_over_ranks(np.concatenate([o["cls_targets"] for o in val_outputs]))
         known = y != UNKNOWN
         auc = self._auc(y[known], probs[known])
         e = self.current_epoch
-        self.logger.log("val_cls_loss", float(np.mean([o["cls_loss"] for o in val_outputs])), e)
+        self.logger.log("val_cls_loss", distributed.mean_over_ranks([o["cls_loss"] for o in val_outputs]), e)
         self.logger.log("val_auc", auc, e)
         previous = self.logger.get_value("ema_auc", step=None)
         last = previous[-1] if previous else float("nan")

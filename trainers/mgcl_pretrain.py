@@ -21,6 +21,12 @@ the one with the lowest validation loss. Checkpoints are nnU-Net's (``--c`` resu
 ``mgcl_transfer``: what a fine-tuning run needs to adapt the weights. ``-pretrained_weights`` of plain
 ``nnUNetTrainer`` loads the encoder and decoder from them (the heads are ignored).
 
+Under several ranks (``-num_gpus N``, ``torchrun``; :mod:`nnunet_mgcl.distributed`) the coarse loss runs
+over the global batch (:func:`nnunet_mgcl.losses.global_info_nce`: embeddings gathered with gradients,
+same-case groups over all ranks' keys); the fine loss stays per rank (our choice, see
+``docs/multi_gpu.md`` for its memory cost); gradients are averaged once per step; the logged losses
+and representation measures cover every rank.
+
 ``nnUNetTrainerMGCLPretrain_coarse`` and ``nnUNetTrainerMGCLPretrain_fine`` are the one-grain ablations.
 """
 from __future__ import annotations
@@ -36,19 +42,19 @@ from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
 
+from nnunet_mgcl import distributed
 from nnunet_mgcl.data.augmentation import split_transforms
 from nnunet_mgcl.data.candidates import directions_from_channel_names
 from nnunet_mgcl.data.pool import CombinedDataset, ensure_preprocessed_pool, pool_cases
 from nnunet_mgcl.data.two_view import TwoViewDataLoader, TwoViewSettings
-from nnunet_mgcl.losses import alignment, dense_info_nce, info_nce, is_collapsed, uniformity
+from nnunet_mgcl.distributed import unwrap
+from nnunet_mgcl.losses import alignment, dense_info_nce, global_info_nce, is_collapsed, uniformity
 from nnunet_mgcl.networks.contrastive import ContrastiveUNet
 from nnunet_mgcl.progress import ContrastiveLocalLogger
 from nnunet_mgcl.settings import PretrainSettings, pretrain_settings
-from nnunet_mgcl.trainers.base import CheckpointMixin, PlansBudgetMixin, backward_and_step, wrap_in_augmenters
-from nnunet_mgcl.trainers.base import SeededTrainingMixin
+from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, SeededTrainingMixin, autocast_for,
+                                       clip_and_step, scaled_backward, wrap_in_augmenters)
 from nnunet_mgcl.transfer import METADATA_KEY
 
 TRANSFER_KEY = METADATA_KEY  # read back by nnunet_mgcl.transfer.load_pretrained
@@ -59,6 +65,8 @@ class RepresentationCollapse(RuntimeError):
 
 
 class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+    #: our train step ends in clip_and_step, which averages the gradients over ranks (DistributedMixin)
+    replicate_without_ddp: ClassVar[bool] = True
     #: settings a trainer variant fixes on top of the plans (the ablations switch a grain off)
     settings_overrides: ClassVar[dict] = {}
     budget_key = "pretrain_budget"
@@ -101,8 +109,14 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
         if not pool_cases(self.dataset_json):
             return None
         raw = join(nnUNet_raw, self.plans_manager.dataset_name) if nnUNet_raw.is_set() else None
-        folder = ensure_preprocessed_pool(raw, self.preprocessed_dataset_folder_base, self.plans_manager,
-                                          self.configuration_manager, self.dataset_json)
+        def prepare():
+            return ensure_preprocessed_pool(raw, self.preprocessed_dataset_folder_base, self.plans_manager,
+                                            self.configuration_manager, self.dataset_json)
+
+        if distributed.rank() == 0:  # one rank writes the pool, the others read it after the barrier
+            prepare()
+        distributed.barrier()
+        folder = prepare()
         return self.dataset_class(str(folder), pool_cases(self.dataset_json))
 
     def get_dataloaders(self):
@@ -115,9 +129,10 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         pipeline = self.get_training_transforms(patch_size, rotation, None, mirror_axes, dummy_2d)
         spatial, intensity = split_transforms(pipeline)
-        if self.batch_size < 2 and len(self.network.global_heads):
-            raise RuntimeError(f"the coarse-grained (global) loss contrasts scans within a batch and needs a batch "
-                               f"size of at least 2; the plans give {self.batch_size}")
+        if self.global_batch_size() < 2 and len(unwrap(self.network).global_heads):
+            raise RuntimeError(f"the coarse-grained (global) loss contrasts the scans of the global batch (all ranks) "
+                               f"and needs at least 2: plans['configurations']['{self.configuration_name}']"
+                               f"['batch_size'] is {self.global_batch_size()}")
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         pool = self._pool_dataset()
         if pool is not None:
@@ -144,7 +159,8 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
     def active_heads(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.nn.Module]]:
         """(global heads, local heads) whose losses this step computes, keyed by stage: all of them here;
         the staged trainers (MMGL, GLCL) activate one grain per stage."""
-        return dict(self.network.global_heads), dict(self.network.local_heads)
+        net = unwrap(self.network)
+        return dict(net.global_heads), dict(net.local_heads)
 
     def global_positive_groups(self, batch: dict) -> torch.Tensor | None:
         """Extra positives of the coarse loss (``info_nce``'s ``positive_groups``): samples of the same case
@@ -155,7 +171,7 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
         v1 = batch["view1"].to(self.device, non_blocking=True)
         v2 = batch["view2"].to(self.device, non_blocking=True)
         b = v1.shape[0]
-        net = self.network
+        net = unwrap(self.network)  # gradients are averaged over ranks in clip_and_step, not by DDP hooks
         s = self.settings
         global_heads, local_heads = self.active_heads()
         feats = net.features(torch.cat([v1, v2]), run_decoder=len(local_heads) > 0)
@@ -166,7 +182,7 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
         global_loss = zero
         for stage, head in global_heads.items():
             z = head(feats.encoder[int(stage)])
-            loss = info_nce(z[:b], z[b:], s.temperature, positive_groups=groups)
+            loss = global_info_nce(z[:b], z[b:], s.temperature, positive_groups=groups)  # all ranks
             global_loss = global_loss + net.global_weights[stage] * loss
             out.setdefault("z1", z[:b].detach()), out.setdefault("z2", z[b:].detach())
         local_loss = zero
@@ -195,17 +211,19 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with autocast_for(self.device):
             out = self._contrastive_step(batch)
         loss = out["loss"]
-        if loss.requires_grad:
-            backward_and_step(self, loss)
+        if distributed.any_rank(loss.requires_grad):  # every rank steps (averaged gradients) or none does
+            if loss.requires_grad:
+                scaled_backward(self, loss)
+            clip_and_step(self)
         else:  # no pair to contrast in this batch (e.g. no matched anchor at all): nothing to learn from
             self.print_to_log_file("WARNING: a training batch without contrastive pairs, step skipped")
         return {k: out[k].detach().float().cpu().numpy() for k in ("loss", "global", "local")}
 
     def validation_step(self, batch: dict) -> dict:
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with autocast_for(self.device):
             out = self._contrastive_step(batch)
         result = {k: out[k].float().cpu().numpy() for k in ("loss", "global", "local")}
         # representation measures on the coarse embeddings, or the fine ones when there is no coarse head
@@ -226,23 +244,26 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         o = collate_outputs(train_outputs)
         e = self.current_epoch
-        self.logger.log("train_losses", float(np.mean(o["loss"])), e)
-        self.logger.log("train_global_loss", self._grain(np.mean(o["global"]), "global"), e)
-        self.logger.log("train_local_loss", self._grain(np.mean(o["local"]), "local"), e)
+        mean = distributed.mean_over_ranks  # every rank's iterations, as nnU-Net logs DDP losses
+        self.logger.log("train_losses", mean(o["loss"]), e)
+        self.logger.log("train_global_loss", self._grain(mean(o["global"]), "global"), e)
+        self.logger.log("train_local_loss", self._grain(mean(o["local"]), "local"), e)
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
         e = self.current_epoch
-        loss = float(np.mean([o["loss"] for o in val_outputs]))
-        self.logger.log("val_losses", loss, e)
-        self.logger.log("val_global_loss", self._grain(np.mean([o["global"] for o in val_outputs]), "global"), e)
-        self.logger.log("val_local_loss", self._grain(np.mean([o["local"] for o in val_outputs]), "local"), e)
+        mean = distributed.mean_over_ranks
+        self.logger.log("val_losses", mean([o["loss"] for o in val_outputs]), e)
+        self.logger.log("val_global_loss", self._grain(mean([o["global"] for o in val_outputs]), "global"), e)
+        self.logger.log("val_local_loss", self._grain(mean([o["local"] for o in val_outputs]), "local"), e)
         with_pairs = [o for o in val_outputs if "e1" in o]
-        if not with_pairs:  # no validation batch had a pair: no measure this epoch (NaN, not drawn)
+        # the representation measures over every rank's validation embeddings
+        e1 = distributed.concatenate_over_ranks(np.concatenate([o["e1"] for o in with_pairs]) if with_pairs else [])
+        e2 = distributed.concatenate_over_ranks(np.concatenate([o["e2"] for o in with_pairs]) if with_pairs else [])
+        if len(e1) < 2:  # no validation batch had a pair: no measure this epoch (NaN, not drawn)
             self.logger.log("alignment", float("nan"), e)
             self.logger.log("uniformity", float("nan"), e)
             return
-        e1 = torch.from_numpy(np.concatenate([o["e1"] for o in with_pairs]))
-        e2 = torch.from_numpy(np.concatenate([o["e2"] for o in with_pairs]))
+        e1, e2 = torch.from_numpy(e1), torch.from_numpy(e2)
         self.logger.log("alignment", float(alignment(e1, e2)), e)
         self.logger.log("uniformity", float(uniformity(torch.cat([e1, e2]))), e)
 
@@ -292,6 +313,8 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
         summary = {k: self.logger.get_value(k, step=-1) for k in keys if self.logger.get_value(k, step=None)}
         summary["epochs"] = len(self.logger.get_value("train_losses", step=None))
         summary.update(self.summary_extras())
+        if self.local_rank != 0:
+            return
         with open(join(self.output_folder, "pretraining_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         self.print_to_log_file(f"pretraining summary: {summary}")
@@ -353,8 +376,10 @@ def distinct_pairs(sample: torch.Tensor, voxels1: torch.Tensor, voxels2: torch.T
 
 
 def _positive_groups(keys, device) -> torch.Tensor:
-    """Samples of the same case are positives of each other (used with cross-modality positives)."""
-    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    """Samples of the same case are positives of each other (used with cross-modality positives); ids
+    over the keys of every rank, so that a case drawn on two ranks is one group."""
+    everyone = [k for keys_of_rank in distributed.gather_objects(list(keys)) for k in keys_of_rank]
+    ids = {k: i for i, k in enumerate(dict.fromkeys(everyone))}
     return torch.tensor([ids[k] for k in keys], device=device)
 
 

@@ -29,7 +29,11 @@
   besides the views'); the views add ``V`` forward/backward passes of the unlabeled batch (half the
   labeled batch by default). The seconds spent on co-training are logged per epoch.
 - ``torch.compile`` is not used: the views have different shapes and would each trigger recompilation;
-  compare speeds with ``nnUNet_compile=f`` for both trainers. Multi-GPU (DDP) training is not supported.
+  compare speeds with ``nnUNet_compile=f`` for both trainers.
+- **Several ranks** (``-num_gpus N``, torchrun): every rank draws its own labeled and unlabeled batches
+  (the unlabeled batch is a share of the rank's labeled batch), the gradients of both terms are
+  averaged over the ranks once per step (:mod:`nnunet_mgcl.distributed`), and the logged diagnostics
+  are means over every rank's iterations.
 """
 from __future__ import annotations
 
@@ -44,17 +48,15 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
 
+from nnunet_mgcl import distributed
 from nnunet_mgcl.data.unlabeled import ImagesOnlyDataset, UnlabeledDataLoader, split_unlabeled_cases
 from nnunet_mgcl.multiview import (ViewPlan, cross_view_consistency, cumulative_strides, from_view, plan_views,
                                    sigmoid_rampup, to_view)
 from nnunet_mgcl.progress import CoTrainingLocalLogger
 from nnunet_mgcl.settings import MMGLFinetuneSettings, mmgl_finetune_settings
-from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, clip_and_step,
-                                       scaled_backward, wrap_in_augmenter)
-from nnunet_mgcl.trainers.base import SeededTrainingMixin
+from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, SeededTrainingMixin,
+                                       autocast_for, clip_and_step, scaled_backward, wrap_in_augmenter)
 from nnunet_mgcl.trainers.finetune_schedule import FinetuneScheduleMixin
 
 
@@ -69,6 +71,8 @@ def _full_resolution(output) -> torch.Tensor:
 
 class nnUNetTrainerMMGL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin,
                         nnUNetTrainer):
+    #: our train step ends in clip_and_step, which averages the gradients over ranks (DistributedMixin)
+    replicate_without_ddp: ClassVar[bool] = True
     settings_overrides: ClassVar[dict] = {}
     pretraining_trainer: ClassVar[str] = "nnUNetTrainerMMGLPretrain"
     pretraining_method: ClassVar[str] = "MMGL"
@@ -133,8 +137,6 @@ class nnUNetTrainerMMGL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
         return False  # see the module docstring
 
     def initialize(self) -> None:
-        if self.is_ddp:
-            raise RuntimeError(f"{self.__class__.__name__} does not support multi-GPU (DDP) training")
         super().initialize()
         self._prepare_pretrained_init()
 
@@ -211,7 +213,7 @@ class nnUNetTrainerMMGL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
 
     # -- step -------------------------------------------------------------------------------------------
     def _autocast(self):
-        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+        return autocast_for(self.device)
 
     def cotraining_loss(self, x: torch.Tensor):
         """The cross-view loss of an unlabeled batch ``x`` (batch, channels, *patch) and its diagnostics."""
@@ -255,12 +257,13 @@ class nnUNetTrainerMMGL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
         super().on_train_epoch_end(train_outputs)
         o = collate_outputs(train_outputs)
         e = self.current_epoch
-        values = {"train_seg_loss": float(np.mean(o["seg_loss"])),
-                  "train_cotrain_loss": float(np.mean(o["cotrain_loss"])),
-                  "cotrain_weight": float(np.mean(o["cotrain_weight"])),
-                  "cotrain_confident_fraction": float(np.mean(o["confident_fraction"])),
-                  "cotrain_view_agreement": float(np.mean(o["view_agreement"])),
-                  "cotrain_seconds": float(np.sum(o["cotrain_seconds"]))}
+        mean = distributed.mean_over_ranks  # every rank's iterations (seconds: the mean rank's total)
+        values = {"train_seg_loss": mean(o["seg_loss"]),
+                  "train_cotrain_loss": mean(o["cotrain_loss"]),
+                  "cotrain_weight": mean(o["cotrain_weight"]),
+                  "cotrain_confident_fraction": mean(o["confident_fraction"]),
+                  "cotrain_view_agreement": mean(o["view_agreement"]),
+                  "cotrain_seconds": mean([np.sum(o["cotrain_seconds"])])}
         for key, value in values.items():
             self.logger.log(key, value, e)
         if self.cotraining_active:

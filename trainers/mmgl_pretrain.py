@@ -42,6 +42,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
 from nnunet_mgcl.conventions import PLANS_KEY
+from nnunet_mgcl.distributed import unwrap
 from nnunet_mgcl.settings import MMGLSettings, PretrainSettings, pretrain_settings, staged_settings
 from nnunet_mgcl.trainers.mgcl_pretrain import nnUNetTrainerMGCLPretrain
 
@@ -136,11 +137,11 @@ class StagedPretrainMixin:
     def stage_modules(self, stage: int) -> list[nn.Module]:
         """What a stage trains: encoder + global heads, or decoder + local heads (never the encoder, which
         dynamic-network-architectures' decoder also holds as a submodule)."""
-        net = self.network
+        net = unwrap(self.network)
         return [net.encoder, net.global_heads] if stage == GLOBAL_STAGE else [net.decoder, net.local_heads]
 
     def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
-        frozen = set() if stage == GLOBAL_STAGE else {id(p) for p in self.network.encoder.parameters()}
+        frozen = set() if stage == GLOBAL_STAGE else {id(p) for p in unwrap(self.network).encoder.parameters()}
         out: dict[int, nn.Parameter] = {}
         for module in self.stage_modules(stage):
             for p in module.parameters():
@@ -178,7 +179,7 @@ class StagedPretrainMixin:
         norm layers keep any, must not move either)."""
         self.network.train()
         if self.stage == LOCAL_STAGE:
-            self.network.encoder.eval()
+            unwrap(self.network).encoder.eval()
 
     def on_train_epoch_start(self) -> None:
         wanted = self.scheduled_stage(self.current_epoch)
@@ -188,9 +189,10 @@ class StagedPretrainMixin:
         self.set_train_modes()
 
     def active_heads(self) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+        net = unwrap(self.network)
         if self.stage == GLOBAL_STAGE:
-            return dict(self.network.global_heads), {}
-        return {}, dict(self.network.local_heads)
+            return dict(net.global_heads), {}
+        return {}, dict(net.local_heads)
 
     def uniformity_history(self) -> list[float]:
         return self.logger.get_value("uniformity", step=None)[self.stage_start:]

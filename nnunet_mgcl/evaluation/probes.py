@@ -44,9 +44,9 @@ class CaseFeatures:
 
 
 def _last_decoder_stage(network):
-    from nnunet_mgcl.trainers.base import unwrap_network
+    from nnunet_mgcl.distributed import unwrap
 
-    net = unwrap_network(network)
+    net = unwrap(network)
     decoder = getattr(net, "decoder", None)
     stages = getattr(decoder, "stages", None)
     if stages is None or len(stages) == 0:
@@ -62,9 +62,9 @@ def dense_features(network, data: np.ndarray, device=None) -> np.ndarray:
 
     device = device or torch.device("cpu")
     stage = _last_decoder_stage(network)
-    from nnunet_mgcl.trainers.base import unwrap_network
+    from nnunet_mgcl.distributed import unwrap
 
-    net = unwrap_network(network)
+    net = unwrap(network)
     strides = np.prod([np.atleast_1d(s) * np.ones(data.ndim - 1, int) for s in net.encoder.strides], axis=0) \
         if hasattr(net.encoder, "strides") else np.full(data.ndim - 1, 32)
     shape = np.array(data.shape[1:])
