@@ -52,12 +52,31 @@ def test_global_head_spreads_nearly_identical_scans_in_training():
     from nnunet_mgcl.losses import is_collapsed, uniformity
 
     torch.manual_seed(0)
-    head = GlobalProjectionHead(16, 64, 32).train()
+    head = GlobalProjectionHead(16, 64, 32)
     base = torch.randn(1, 16, 4, 4, 4)
     batch = torch.nn.functional.instance_norm(base + 0.01 * torch.randn(4, 16, 4, 4, 4))
-    z = head(batch).detach()
-    assert is_collapsed(uniformity(head.eval()(batch).detach()))  # without batch statistics: collapsed
-    assert not is_collapsed(uniformity(z))
+    assert is_collapsed(uniformity(head.eval()(batch).detach()))  # initial statistics (identity): collapsed
+    z = head.train()(batch).detach()
+    assert not is_collapsed(uniformity(z))  # running statistics remove the common part from the first step
+
+
+def test_global_head_does_not_couple_the_samples_of_a_batch():
+    from nnunet_mgcl.networks.heads import RunningNorm
+
+    torch.manual_seed(0)
+    head = GlobalProjectionHead(8, 16, 4).train()
+    x = torch.randn(2, 8, 3, 3, 3, requires_grad=True)
+    head(x)[0].sum().backward()
+    assert x.grad[0].abs().sum() > 0 and x.grad[1].abs().sum() == 0  # batch norm would couple them
+    norm = RunningNorm(3, momentum=0.5)
+    a = torch.tensor([[1.0, 2, 3], [3.0, 4, 7]])
+    norm(a)
+    assert torch.allclose(norm.running_mean, a.mean(0))  # the first batch sets the statistics
+    norm(a + 2)
+    assert torch.allclose(norm.running_mean, a.mean(0) + 1)  # then an exponential moving average
+    before = norm.running_mean.clone()
+    norm.eval()(a + 10)
+    assert torch.equal(norm.running_mean, before)  # eval: applied only
 
 
 def _mrff(ring_width=2):

@@ -4,8 +4,9 @@
 (the stage machinery, :class:`StagedPretrainMixin`, is shared with Chaitanya et al.'s GLCL baseline):
 
 - **stage 1**, global contrast: InfoNCE between the two views' pooled, projected features at several
-  encoder depths (``mgcl.mmgl.global_stages``, default the three deepest), the other scans of the batch
-  as negatives; the per-depth losses are summed with ``global_scale_weights`` (default: equal weights
+  encoder depths (``mgcl.mmgl.global_stages``, default the three deepest), against MGCL's momentum
+  encoder and queue (one queue per depth; ``mgcl.pretrain.queue_length``, 0 for in-batch negatives as
+  in the paper; our choice, so that negatives do not depend on nnU-Net's batch of 2); the per-depth losses are summed with ``global_scale_weights`` (default: equal weights
   summing to 1). Only the encoder and the global heads are trained (the decoder is not even run).
 - **stage 2**, local contrast: dense InfoNCE between the two views' projected decoder features at
   matched anchor voxels (:mod:`nnunet_mgcl.data.two_view`), at several decoder depths
@@ -42,6 +43,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
 from nnunet_mgcl.settings import MMGLSettings, PretrainSettings, pretrain_settings, staged_settings
+from nnunet_mgcl.trainers.base import unwrap_network
 from nnunet_mgcl.trainers.mgcl_pretrain import nnUNetTrainerMGCLPretrain
 
 STAGE_KEY = "mgcl_stage"
@@ -107,11 +109,11 @@ class StagedPretrainMixin:
     def stage_modules(self, stage: int) -> list[nn.Module]:
         """What a stage trains: encoder + global heads, or decoder + local heads (never the encoder, which
         dynamic-network-architectures' decoder also holds as a submodule)."""
-        net = self.network
+        net = unwrap_network(self.network)
         return [net.encoder, net.global_heads] if stage == GLOBAL_STAGE else [net.decoder, net.local_heads]
 
     def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
-        frozen = set() if stage == GLOBAL_STAGE else {id(p) for p in self.network.encoder.parameters()}
+        frozen = set() if stage == GLOBAL_STAGE else {id(p) for p in unwrap_network(self.network).encoder.parameters()}
         out: dict[int, nn.Parameter] = {}
         for module in self.stage_modules(stage):
             for p in module.parameters():
@@ -138,7 +140,6 @@ class StagedPretrainMixin:
         best-checkpoint record (the stages' losses are not comparable)."""
         self.stage, self.stage_start = stage, start_epoch
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
-        self._best_val_loss = None
         self._best_ema = None
         grain = "global" if stage == GLOBAL_STAGE else "local, encoder frozen"
         self.print_to_log_file(f"stage {stage} ({grain}) from epoch {start_epoch}: training "
@@ -149,7 +150,7 @@ class StagedPretrainMixin:
         norm layers keep any, must not move either)."""
         self.network.train()
         if self.stage == LOCAL_STAGE:
-            self.network.encoder.eval()
+            unwrap_network(self.network).encoder.eval()
 
     def on_train_epoch_start(self) -> None:
         wanted = self.scheduled_stage(self.current_epoch)
@@ -159,9 +160,10 @@ class StagedPretrainMixin:
         self.set_train_modes()
 
     def active_heads(self) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+        net = unwrap_network(self.network)
         if self.stage == GLOBAL_STAGE:
-            return dict(self.network.global_heads), {}
-        return {}, dict(self.network.local_heads)
+            return dict(net.global_heads), {}
+        return {}, dict(net.local_heads)
 
     def uniformity_history(self) -> list[float]:
         return self.logger.get_value("uniformity", step=None)[self.stage_start:]
