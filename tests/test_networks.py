@@ -211,3 +211,33 @@ def test_mrff_head_learns_a_lesion_contrast_of_one_modality():
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y.numpy(), p.numpy()) > 0.9
+
+
+def test_momentum_encoder_follows_the_online_network_as_an_ema_and_matches_it_when_copied():
+    from nnunet_mgcl.networks.contrastive import ContrastiveUNet, MomentumEncoder
+    from nnunet_mgcl.settings import PretrainSettings
+
+    torch.manual_seed(0)
+    net = ContrastiveUNet(_unet(ds=False), PretrainSettings(global_stages=(-1, -2), local_weight=0.0))
+    key = MomentumEncoder(net)
+    assert all(not p.requires_grad for p in key.parameters()) and not key.train().training  # always eval
+    x = torch.randn(2, 4, 16, 16, 16)
+    net.train()
+    feats = net.features(x, run_decoder=False)
+    for stage, head in net.global_heads.items():
+        head(feats.encoder[int(stage)])  # sets the heads' running statistics
+    key.update(net, 0.0)  # a plain copy
+    net.eval()
+    out = key(x)
+    assert set(out) == set(net.global_heads)
+    for stage, head in net.global_heads.items():
+        assert torch.allclose(out[stage], head(net.features(x, run_decoder=False).encoder[int(stage)]), atol=1e-5)
+    before = {k: v.clone() for k, v in key.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    key.update(net, 0.9)
+    name = "encoder.stages.0.0.convs.0.conv.weight"
+    online = dict(net.named_parameters())[name]
+    assert torch.allclose(key.state_dict()[name], 0.9 * before[name] + 0.1 * online)
+    assert not any(k.startswith("momentum") for k in net.state_dict())  # not part of the transferred network
