@@ -95,11 +95,12 @@ class PretrainSettings:
     - ``min_overlap`` 0.5: the two view centres differ by at most ``1 - min_overlap`` of a view's extent
       per axis, symmetric about a midpoint inside the brain.
     - ``modality_dropout`` 0.2: probability that one channel is zeroed, the same one in both views.
-    - ``queue_length`` 1024, ``momentum`` 0.99: the coarse grain's negatives, keys of a momentum encoder
+    - ``queue_length`` 1024, ``momentum`` 0.95: the coarse grain's negatives, keys of a momentum encoder
       (MoCo v2 / v3) kept in a queue, same-case keys masked. 0 = in-batch negatives only (SimCLR's and
-      Chaitanya's form, which their trainers keep). Our choices: MoCo v2 uses 65,536 and 0.999 for
-      ImageNet; our pools hold hundreds of scans and our runs few steps (a queue of 1024 is full after
-      256 steps at batch 2, and a slower encoder would lag the online one for much of a short run).
+      Chaitanya's form, which their trainers keep). Our choices: MoCo v2 uses 65,536 and 0.999, v3 0.99,
+      over hundreds of ImageNet epochs; our pools hold hundreds of scans and our runs few steps (a queue
+      of 1024 is full after 256 steps at batch 2; with 0.99 the key encoder was still 89 % the initial
+      network after 12 steps of a CPU run, while the online one had moved).
     - ``exclusion_radius_mm`` 5.0: in the fine grain, anchors of the same scan within this distance of
       an anchor (and anchors of the same candidate component) are neither positives nor negatives.
     - ``candidate_rule``: thresholds of the lesion-candidate rule, keys of
@@ -134,7 +135,7 @@ class PretrainSettings:
     modality_dropout: float = 0.2
     view_scale: float = 0.7
     queue_length: int = 1024
-    momentum: float = 0.99
+    momentum: float = 0.95
     exclusion_radius_mm: float = 5.0
     candidate_rule: CandidateRule = field(default_factory=CandidateRule)
     val_pool_fraction: float = 0.2

@@ -298,7 +298,8 @@ class nnUNetTrainerMGCLPretrain(EpochEndMixin, CheckpointMixin, PlansBudgetMixin
         out: dict = {}
         zero = v1.new_zeros(())
         ids = case_ids(batch["keys"]).to(self.device)
-        keys = self.momentum_encoder(views) if global_heads and self.momentum_encoder is not None else None
+        keys = self.momentum_encoder(views, update_statistics=torch.is_grad_enabled()) \
+            if global_heads and self.momentum_encoder is not None else None
         global_loss = zero
         global_stats: list[ContrastResult] = []
         for stage, head in global_heads.items():

@@ -58,8 +58,11 @@ class MomentumEncoder(nn.Module):
 
     It is not part of the online network (not DDP-wrapped, not in ``network_weights``, never
     transferred); the pretraining trainer keeps it, with its queue, in its own checkpoint entry. It runs
-    in eval mode (the heads' :class:`~nnunet_mgcl.networks.heads.RunningNorm` applies the statistics it
-    copies from the online heads) and without gradients.
+    without gradients, its encoder in eval mode; the heads'
+    :class:`~nnunet_mgcl.networks.heads.RunningNorm` keeps statistics of *its own* features (updated by
+    training batches, ``update_statistics``), not the online heads': the key encoder lags the online one,
+    and online statistics applied to its features leave a common offset in every key, a different one
+    in each generation of the queue (our finding: the coarse loss then rose above ln(candidates)).
     """
 
     def __init__(self, network: ContrastiveUNet) -> None:
@@ -78,15 +81,23 @@ class MomentumEncoder(nn.Module):
 
     @torch.no_grad()
     def update(self, network: ContrastiveUNet, momentum: float) -> None:
-        """key = momentum * key + (1 - momentum) * online, parameter by parameter; buffers copied."""
+        """key = momentum * key + (1 - momentum) * online, parameter by parameter. ``momentum`` 0 copies
+        the online network, buffers (the heads' statistics) included."""
         for mine, theirs in self._pairs(network):
             for pk, pq in zip(mine.parameters(), theirs.parameters()):
                 pk.mul_(momentum).add_(pq.detach().to(pk.dtype), alpha=1.0 - momentum)
-            for bk, bq in zip(mine.buffers(), theirs.buffers()):
-                bk.copy_(bq)
+            if momentum == 0:
+                for bk, bq in zip(mine.buffers(), theirs.buffers()):
+                    bk.copy_(bq)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Keys per global stage (keyed like ``global_heads``)."""
+    def forward(self, x: torch.Tensor, update_statistics: bool = False) -> dict[str, torch.Tensor]:
+        """Keys per global stage (keyed like ``global_heads``); ``update_statistics`` (training batches):
+        the heads' running statistics follow this batch's features."""
         skips = self.encoder(x)
-        return {stage: head(skips[int(stage)]) for stage, head in self.global_heads.items()}
+        out = {}
+        for stage, head in self.global_heads.items():
+            head.norm.train(update_statistics)
+            out[stage] = head(skips[int(stage)])
+            head.norm.train(False)
+        return out
