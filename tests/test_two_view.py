@@ -128,7 +128,7 @@ def test_views_are_symmetric_smaller_than_the_patch_and_centred_in_the_head():
     size = np.array(loader.view_size)
     shifts = []
     for _ in range(300):
-        lbs1, lbs2 = loader._boxes(head, "case", -1)
+        lbs1, lbs2, _ = loader._boxes(head, "case", -1)
         c1, c2 = np.array(lbs1) + size // 2, np.array(lbs2) + size // 2
         shifts.append(c2 - c1)
         assert head[tuple((c1 + c2) // 2)] or head[tuple((c1 + c2 + 1) // 2)]
@@ -155,8 +155,10 @@ def test_a_batch_draws_distinct_cases_and_spans_partitions():
         assert ((mid >= lo - 1.5) & (mid <= lo + SHAPE[0] / 4 + 1.5)).all()
     whole = _loader(settings=TwoViewSettings(num_anchors=8, partitions=4, view_scale=1.0), dataset=Four(),
                     patch=(40, 32, 28))
-    with pytest.raises(RuntimeError, match="covers the whole first axis"):
-        whole.generate_train_batch()
+    assert whole.view_size[0] >= SHAPE[0]  # the view would cover the whole axis ...
+    assert whole.view_extent(SHAPE, 0)[0] == SHAPE[0] // 2 and whole.view_extent(SHAPE, -1)[0] == whole.view_size[0]
+    batch = whole.generate_train_batch()  # ... so it is half the axis thick
+    assert len(set(batch["partition"].tolist())) == 2  # batch of 2: two different partitions
 
 
 def test_candidate_counts_are_reported_only_for_cases_with_a_mask():

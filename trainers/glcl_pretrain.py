@@ -21,8 +21,8 @@ two-view loader assigns the samples of a batch different partitions (a random pe
 partitions, cycled when the batch is larger than S) and draws each sample's view midpoint inside its
 partition along the first spatial axis of the preprocessed case (``floor(S * position / length)``,
 :func:`patch_partitions`), so that every batch spans different partitions and every anchor has
-negatives (asserted: :class:`~nnunet_mgcl.losses.NoNegatives` otherwise). A view that covers the whole
-axis has no partition and is refused. For 2D configurations the first axis is the slice axis, exactly
+negatives (asserted: :class:`~nnunet_mgcl.losses.NoNegatives` otherwise). A view is at most half the
+first axis thick (one that covered the axis would have no partition). For 2D configurations the first axis is the slice axis, exactly
 Chaitanya's setting; for 3D it is the axis nnU-Net's ``transpose_forward`` put first (for brain MRI
 usually the through-plane, inferior-superior axis). Negatives are in-batch, as in Chaitanya et al.
 (``queue_length`` 0): G^D positives are defined within a batch.

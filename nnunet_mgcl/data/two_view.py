@@ -18,7 +18,7 @@ A batch draws distinct cases when the dataset has at least as many (our choice: 
 batch of 2 leaves an anchor without in-batch negative). With ``partitions`` S > 0 (Chaitanya's G^D),
 sample ``i`` of a batch gets partition ``perm[i % S]`` of a random permutation, and its midpoint is drawn
 inside that partition along the first spatial axis, so that a batch spans different partitions; a view
-that covers the whole axis has no partition and is refused.
+is then at most half the first axis thick (one that covered the axis would have no partition).
 
 Anchors for the fine-grained loss are drawn in view 1 among head voxels whose location is also seen in
 view 2 (:mod:`nnunet_mgcl.data.correspondence`): ``lesion_fraction`` of them from LESION candidates
@@ -93,10 +93,6 @@ class TwoViewDataLoader(nnUNetDataLoader):
         lo, hi = np.zeros(3, dtype=int), shape.copy()
         if partition >= 0:
             s = self.settings.partitions
-            if not self.patch_size_was_2d and self.view_size[0] >= shape[0]:
-                raise RuntimeError(f"case {key}: the view ({self.view_size[0]} voxels) covers the whole first axis "
-                                   f"({shape[0]}); Chaitanya's partitions need views that do not: lower "
-                                   "mgcl.pretrain.view_scale or use a configuration with smaller patches")
             lo[0] = int(np.floor(partition * shape[0] / s))
             hi[0] = max(lo[0] + 1, int(np.floor((partition + 1) * shape[0] / s)))
         for _ in range(64):  # rejection sampling: cheap, never reads the whole mask
@@ -109,21 +105,31 @@ class TwoViewDataLoader(nnUNetDataLoader):
             return (lo + hi) // 2
         return inside[np.random.randint(len(inside))] + lo
 
-    def _boxes(self, head: np.ndarray, key: str, partition: int) -> tuple[list[int], list[int]]:
-        """Lower bounds of the two views' boxes, symmetric about a midpoint inside the head."""
+    def view_extent(self, case_shape: Sequence[int], partition: int) -> list[int]:
+        """The views' box size for one case: ``view_size``; with partitions, at most half the first axis
+        thick (our choice: a view that covers the axis its partitions split has no partition; the
+        resampling to the patch then zooms that axis by up to the ratio)."""
+        sizes = list(self.view_size)
+        if partition >= 0 and not self.patch_size_was_2d:
+            sizes[0] = max(1, min(sizes[0], int(case_shape[0]) // 2))
+        return sizes
+
+    def _boxes(self, head: np.ndarray, key: str, partition: int) -> tuple[list[int], list[int], list[int]]:
+        """Lower bounds of the two views' boxes, symmetric about a midpoint inside the head, and their size."""
         mid = self._midpoint(head, key, partition)
+        sizes = self.view_extent(head.shape, partition)
         lbs1, lbs2 = [], []
-        for axis, (m, size) in enumerate(zip(mid, self.view_size)):
+        for axis, (m, size) in enumerate(zip(mid, sizes)):
             max_shift = 0 if size == 1 else int((1.0 - self.settings.min_overlap) * size)
             shift = int(np.random.randint(-max_shift, max_shift + 1))
             c1 = m - shift // 2
             c2 = c1 + shift
             lbs1.append(int(c1 - size // 2))
             lbs2.append(int(c2 - size // 2))
-        return lbs1, lbs2
+        return lbs1, lbs2, sizes
 
-    def _crop(self, data: np.ndarray, seg: np.ndarray, lbs: list[int], with_reference: bool) -> dict:
-        bbox = [[lb, lb + p] for lb, p in zip(lbs, self.view_size)]
+    def _crop(self, data: np.ndarray, seg: np.ndarray, lbs: list[int], sizes: list[int], with_reference: bool) -> dict:
+        bbox = [[lb, lb + p] for lb, p in zip(lbs, sizes)]
         image = torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float()
         seg_crop = torch.from_numpy(np.asarray(crop_and_pad_nd(seg, bbox, -1)[0]))
         head = seg_crop != -1
@@ -132,7 +138,7 @@ class TwoViewDataLoader(nnUNetDataLoader):
             reference = (seg_crop > 0) if labels is None else torch.isin(seg_crop, torch.tensor(labels))
         else:
             reference = torch.zeros_like(head)
-        axes = [torch.arange(lb, lb + p, dtype=torch.float32) for lb, p in zip(lbs, self.view_size)]
+        axes = [torch.arange(lb, lb + p, dtype=torch.float32) for lb, p in zip(lbs, sizes)]
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij"))
         classes = candidate_classes(image, head, self.kinds, self.settings.rule, self.settings.tmax_in_seconds)
         return {"image": image, "coords": coords, "classes": classes, "head": head, "reference": reference}
@@ -233,15 +239,15 @@ class TwoViewDataLoader(nnUNetDataLoader):
             for key, partition in zip(keys, self._partitions()):
                 data, seg, _, _ = self._data.load_case(key)
                 head = np.asarray(seg[0]) != -1
-                lbs1, lbs2 = self._boxes(head, key, partition)
+                lbs1, lbs2, sizes = self._boxes(head, key, partition)
                 has_reference = key in self.reference_keys
-                crop1 = self._crop(data, seg, lbs1, has_reference)
+                crop1 = self._crop(data, seg, lbs1, sizes, has_reference)
                 drop = self._drop(crop1)
                 view1 = self._view(crop1, drop)
-                view2 = self._view(self._crop(data, seg, lbs2, has_reference), drop)
+                view2 = self._view(self._crop(data, seg, lbs2, sizes, has_reference), drop)
                 anchors = self._anchors(view1, view2)
                 counts = torch.tensor(precision_recall_counts(view1["lesion"], view1["reference"]), dtype=torch.long)
-                centre = torch.tensor([lb + p / 2 for lb, p in zip(lbs1, self.view_size)], dtype=torch.float32)
+                centre = torch.tensor([lb + p / 2 for lb, p in zip(lbs1, sizes)], dtype=torch.float32)
                 values = {"view1": view1["image"], "view2": view2["image"], **anchors, "centre": centre,
                           "case_shape": torch.tensor(data.shape[1:], dtype=torch.long),
                           "partition": torch.tensor(partition), "candidate_counts": counts,
