@@ -7,6 +7,14 @@
 - :func:`dense_info_nce`: fine-grained (local) contrast. The same loss over matched anchor locations
   (the same physical voxel seen in both views), the other anchors being the negatives, optionally with
   a bounded number of sampled negatives per anchor (Chaitanya's L^R samples 5).
+- :func:`momentum_info_nce`: coarse-grained contrast against a momentum encoder's keys (MoCo v2 / v3):
+  the current keys of every rank plus a queue of past keys are the candidates, keys of the anchor's
+  own case are masked, so an anchor's negatives do not depend on nnU-Net's batch of 2.
+- :func:`local_contrast`: the lesion-aware fine-grained loss, a supervised contrast over label-free
+  pseudo-classes (lesion candidates are positives of each other across components and scans),
+  negatives outside the anchor's own candidate component and its neighbourhood.
+- :func:`contrast`: the core both use, which also returns the diagnostics the trainers log (top-1
+  retrieval accuracy and its chance level, candidates and negatives per anchor).
 - :func:`alignment`, :func:`uniformity`, :func:`is_collapsed`: Wang & Isola (ICML 2020) metrics, logged
   during pretraining to catch representation collapse.
 
@@ -19,6 +27,7 @@ subtracts the row maximum) never exponentiates an unbounded value.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,6 +37,11 @@ __all__ = [
     "global_info_nce",
     "positive_mask",
     "dense_info_nce",
+    "ContrastResult",
+    "contrast",
+    "momentum_info_nce",
+    "local_contrast",
+    "NoNegatives",
     "alignment",
     "uniformity",
     "is_collapsed",
@@ -139,7 +153,18 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.1,
 
 def global_info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.1,
                     positive_groups: Tensor | None = None) -> Tensor:
-    """:func:`info_nce` over the **global** batch: every rank's pairs are negatives of every anchor.
+    """:func:`info_nce` over the **global** batch: the loss of :func:`global_contrast` (see there)."""
+    from nnunet_mgcl import distributed
+
+    if distributed.world_size() == 1:
+        return info_nce(z1, z2, temperature, positive_groups)
+    return global_contrast(z1, z2, temperature, positive_groups).loss
+
+
+def global_contrast(z1: Tensor, z2: Tensor, temperature: float = 0.1,
+                    positive_groups: Tensor | None = None) -> "ContrastResult":
+    """In-batch InfoNCE over the **global** batch, with its diagnostics: every rank's pairs are negatives
+    of every anchor.
 
     Under several ranks (:mod:`nnunet_mgcl.distributed`), the embeddings of all ranks are gathered with
     gradients; this rank's 2n anchors (its rows in both views) are contrasted against all 2N gathered
@@ -148,11 +173,12 @@ def global_info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.1,
     ``positive_groups`` must be comparable across ranks (e.g. ids of case keys gathered over ranks,
     or partition indices); they are gathered too, so same-case positives span ranks.
 
-    The value returned is the single-process loss on the concatenated batch (the same on every rank,
+    The loss returned is the single-process loss on the concatenated batch (the same on every rank,
     for logging); its gradient is that of this rank's anchors' share, scaled so that the mean over ranks
     of the parameter gradients (what DDP and :func:`~nnunet_mgcl.distributed.synchronize_replicas`
     apply) is exactly the single-process gradient, also when ranks hold different numbers of pairs.
-    In one process this is :func:`info_nce`.
+    In one process this is :func:`info_nce` (the same value and gradient). The diagnostics (retrieval
+    accuracy, candidates, negatives) are this rank's anchors'.
 
     Raises:
         ValueError: as :func:`info_nce`, with N (the global batch) in place of the local one: a rank may
@@ -160,42 +186,41 @@ def global_info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.1,
     """
     from nnunet_mgcl import distributed
 
-    if distributed.world_size() == 1:
-        return info_nce(z1, z2, temperature, positive_groups)
     if z1.dim() != 2 or z1.shape != z2.shape:
-        raise ValueError(f"global_info_nce: expected two (n, D) tensors of equal shape, got "
+        raise ValueError(f"global_contrast: expected two (n, D) tensors of equal shape, got "
                          f"{tuple(z1.shape)} and {tuple(z2.shape)}")
     _check_temperature(temperature)
     n = z1.shape[0]
     if positive_groups is not None and (positive_groups.shape != (n,) or positive_groups.is_floating_point()):
-        raise ValueError(f"global_info_nce: positive_groups must be an integer tensor of shape ({n},), got "
+        raise ValueError(f"global_contrast: positive_groups must be an integer tensor of shape ({n},), got "
                          f"{positive_groups.dtype} {tuple(positive_groups.shape)}")
     counts = distributed.rows_per_rank(n, z1.device)
     total, first = sum(counts), sum(counts[:distributed.rank()])
     if total < 2:
-        raise ValueError(f"global_info_nce: needs at least 2 pairs over all ranks (the other pairs are the "
+        raise ValueError(f"global_contrast: needs at least 2 pairs over all ranks (the other pairs are the "
                          f"negatives), got {total}; the global batch size in the plans must be >= 2")
-    with torch.autocast(device_type=z1.device.type, enabled=False):
-        g1, g2 = distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)          # (N, D) each
-        z = _normalize(torch.cat([g1, g2], dim=0))                                          # (2N, D)
-        mine = torch.arange(first, first + n, device=z.device)
-        rows = torch.cat([mine, mine + total])                                              # this rank's anchors
-        logits = (z[rows] @ z.T / temperature)
-        own = torch.arange(2 * n, device=z.device)
-        logits = logits.index_put((own, rows), torch.tensor(MASK_LOGIT, dtype=logits.dtype, device=z.device))
-        if positive_groups is None:
-            pos = torch.zeros_like(logits, dtype=torch.bool)
-            pos[own, (rows + total) % (2 * total)] = True
-        else:
-            g = distributed.gather_no_grad(positive_groups.to(z.device))
-            g = torch.cat([g, g])
-            pos = (g[rows][:, None] == g[None, :])
-            pos[own, rows] = False
-        local = _nce_from_logits(logits, pos)                   # mean over this rank's 2n anchors
-        # single-process loss = sum_r n_r L_r / N; DDP averages gradients over W ranks, hence the factor W
+    g1, g2 = distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)              # (N, D) each
+    candidates = torch.cat([g1, g2], dim=0)                                                 # (2N, D)
+    mine = torch.arange(first, first + n, device=z1.device)
+    rows = torch.cat([mine, mine + total])                                 # this rank's anchors' columns
+    columns = torch.arange(2 * total, device=z1.device)
+    partner = (rows + total) % (2 * total)
+    excluded = rows[:, None] == columns[None, :]
+    if positive_groups is None:
+        positives = partner[:, None] == columns[None, :]
+    else:
+        g = distributed.gather_no_grad(positive_groups.to(z1.device))
+        g = torch.cat([g, g])
+        positives = (g[rows][:, None] == g[None, :]) & ~excluded
+    result = contrast(torch.cat([z1, z2]), candidates, positives, excluded, partner, temperature,
+                      "global_contrast")
+    if distributed.world_size() > 1:
+        local = result.loss                                          # mean over this rank's 2n anchors
+        # single-process loss = sum_r n_r L_r / N; the gradients are averaged over W ranks, hence the factor W
         share = local * (n * distributed.world_size() / total)
         value = distributed.gather_no_grad((local.detach() * n / total).reshape(1)).sum()
-        return share + (value - share.detach())
+        result.loss = share + (value - share.detach())
+    return result
 
 
 def positive_mask(n: int, positive_groups: Tensor | None = None, device: torch.device | str | None = None) -> Tensor:
@@ -280,6 +305,137 @@ def dense_info_nce(f1: Tensor, f2: Tensor, temperature: float = 0.1, max_negativ
         positive_mask = torch.zeros_like(logits, dtype=torch.bool)
         positive_mask[:, 0] = True
         return _nce_from_logits(logits, positive_mask)
+
+
+class NoNegatives(ValueError):
+    """An anchor of a contrastive loss has no negative: its loss would be a silent zero."""
+
+
+@dataclass
+class ContrastResult:
+    """A contrastive loss and what the trainers log about it (the diagnostics carry no gradient).
+
+    ``accuracy``: fraction of anchors whose own partner has the highest similarity of all their
+    candidates (top-1 positive retrieval); ``chance``: its expected value for random embeddings, the
+    mean of 1 / candidates; ``log_candidates``: mean ln(candidates), the loss of random embeddings with
+    one positive; ``negatives``: mean negatives per anchor, ``min_negatives`` the fewest of any anchor.
+    """
+
+    loss: Tensor
+    accuracy: float
+    chance: float
+    log_candidates: float
+    negatives: float
+    min_negatives: int
+
+
+def contrast(anchors: Tensor, candidates: Tensor, positives: Tensor, excluded: Tensor, partner: Tensor,
+             temperature: float, what: str = "contrast") -> ContrastResult:
+    """SupCon L_out over cosine similarities of (A, D) anchors to (C, D) candidates.
+
+    ``positives`` and ``excluded`` are (A, C) bool (an excluded candidate is neither positive nor
+    negative; a positive must not be excluded), ``partner`` (A,) the column of each anchor's own partner
+    (a positive; the one that retrieval accuracy asks for). Every anchor needs at least one negative:
+    :class:`NoNegatives` otherwise (our choice: the loss of such an anchor is a silent zero).
+    """
+    _check_temperature(temperature)
+    if anchors.dim() != 2 or candidates.dim() != 2 or anchors.shape[1] != candidates.shape[1]:
+        raise ValueError(f"{what}: expected (A, D) anchors and (C, D) candidates, got {tuple(anchors.shape)} and "
+                         f"{tuple(candidates.shape)}")
+    a, c = anchors.shape[0], candidates.shape[0]
+    if positives.shape != (a, c) or excluded.shape != (a, c) or partner.shape != (a,):
+        raise ValueError(f"{what}: masks must be ({a}, {c}) and partner ({a},)")
+    rows = torch.arange(a, device=partner.device)
+    if not bool(positives[rows, partner].all()) or bool((positives & excluded).any()):
+        raise ValueError(f"{what}: each anchor's partner must be a positive and no positive may be excluded")
+    negatives = (~positives & ~excluded).sum(1)
+    if a and int(negatives.min()) == 0:
+        raise NoNegatives(f"{what}: {int((negatives == 0).sum())} of {a} anchors have no negative (all their "
+                          "candidates are positives or masked); the loss would be a silent zero")
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        q, k = _normalize(anchors), _normalize(candidates.to(_compute_dtype(anchors)))
+        logits = (q @ k.T / temperature).masked_fill(excluded, MASK_LOGIT)
+        loss = _nce_from_logits(logits, positives)
+        with torch.no_grad():
+            n_cand = (~excluded).sum(1).double()
+            accuracy = float((logits.argmax(1) == partner).double().mean())
+            return ContrastResult(loss=loss, accuracy=accuracy, chance=float((1.0 / n_cand).mean()),
+                                  log_candidates=float(n_cand.log().mean()), negatives=float(negatives.double().mean()),
+                                  min_negatives=int(negatives.min()))
+
+
+def momentum_info_nce(queries: Tensor, keys: Tensor, key_ids: Tensor, query_ids: Tensor, positive_index: Tensor,
+                      queue: Tensor | None = None, queue_ids: Tensor | None = None, temperature: float = 0.1,
+                      same_case_positive: bool = False) -> ContrastResult:
+    """InfoNCE of queries against momentum-encoder keys and a queue (MoCo v2 / v3 style).
+
+    Args:
+        queries: (A, D) projections of the online network (with gradient).
+        keys: (N, D) current keys of the momentum encoder, of every rank (``gather_no_grad``), no gradient.
+        key_ids, query_ids: (N,), (A,) integer case ids; keys of the query's own case other than its
+            positive are masked (or, with ``same_case_positive``, they are positives: cross-modality
+            positives of one patient). Queue keys of the query's case are always masked.
+        positive_index: (A,) the row of ``keys`` that is each query's positive (the other view of the same
+            sample: ``rank * local_batch + i`` under DDP).
+        queue, queue_ids: (L, D) past keys and their case ids (None or L = 0: current keys only).
+
+    Returns the :class:`ContrastResult` (loss = mean over the A queries).
+    """
+    queue = keys.new_zeros(0, keys.shape[1]) if queue is None else queue
+    queue_ids = key_ids.new_zeros(0) if queue_ids is None else queue_ids
+    candidates = torch.cat([keys, queue.to(keys.dtype)]).detach()
+    ids = torch.cat([key_ids, queue_ids]).to(query_ids.device)
+    same = query_ids[:, None] == ids[None, :]
+    a, n = queries.shape[0], keys.shape[0]
+    partner = positive_index.to(query_ids.device)
+    positives = torch.zeros_like(same)
+    positives[torch.arange(a, device=same.device), partner] = True
+    if same_case_positive:
+        positives[:, :n] |= same[:, :n]
+    excluded = same & ~positives
+    return contrast(queries, candidates, positives, excluded, partner, temperature, "momentum_info_nce")
+
+
+def local_contrast(f1: Tensor, f2: Tensor, sample: Tensor, pseudo_class: Tensor, component: Tensor,
+                   points: Tensor, radius: float, temperature: float = 0.1, lesion_class: int = 2) -> ContrastResult:
+    """Lesion-aware fine-grained contrast over M matched anchors (both views as anchors).
+
+    Args:
+        f1, f2: (M, D) projected decoder features at the anchors in view 1 and view 2; row i of both is the
+            same physical location (its positive).
+        sample: (M,) which scan of the batch each anchor comes from.
+        pseudo_class: (M,) label-free pseudo-class (:mod:`nnunet_mgcl.data.candidates`).
+        component: (M,) connected component of the lesion-candidate map the anchor lies in (0: none),
+            numbered per sample.
+        points: (M, D) physical positions of the anchors (mm), to exclude neighbours.
+        radius: neighbours of the same scan closer than this (mm) are neither positives nor negatives.
+
+    Our design: for every anchor its other view is a positive; anchors of the same scan that lie within
+    ``radius`` or in the same candidate component are excluded (they are the same structure, not a
+    negative); an anchor of ``lesion_class`` has every other ``lesion_class`` anchor outside its own
+    component (other lesions, other scans) as an extra positive, so that lesion candidates are pulled
+    together and pushed from healthy tissue (supervised contrast over pseudo-classes, SupCon L_out);
+    all remaining anchors, other scans' included, are negatives.
+    """
+    _check_pairs(f1, f2, "local_contrast")
+    m = f1.shape[0]
+    dev = f1.device
+    s2, c2, k2 = (torch.cat([x, x]).to(dev) for x in (sample, pseudo_class, component))
+    p2 = torch.cat([points, points]).to(dev).double()
+    idx = torch.arange(2 * m, device=dev)
+    partner = (idx + m) % (2 * m)
+    same_sample = s2[:, None] == s2[None, :]
+    same_component = same_sample & (k2[:, None] == k2[None, :]) & (k2[:, None] > 0)
+    near = same_sample & (torch.cdist(p2, p2) <= radius)
+    positives = torch.zeros(2 * m, 2 * m, dtype=torch.bool, device=dev)
+    positives[idx, partner] = True
+    lesion = c2 == lesion_class
+    positives |= lesion[:, None] & lesion[None, :] & ~same_component & ~near
+    positives[idx, idx] = False
+    excluded = (same_component | near) & ~positives
+    excluded[idx, idx] = True
+    z = torch.cat([f1, f2])
+    return contrast(z, z, positives, excluded, partner, temperature, "local_contrast")
 
 
 def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:

@@ -58,15 +58,35 @@ def _plot(log: dict, panels: list[tuple[str, str, list[Curve]]], output_folder: 
 
 
 class ContrastiveLocalLogger(LocalLogger):
-    """Pretraining: total / coarse / fine InfoNCE (train, val), alignment and uniformity."""
+    """Pretraining: per grain (coarse = global, fine = local) and split, the InfoNCE loss against
+    ln(candidates) (the loss of random embeddings), top-1 positive-retrieval accuracy against its chance
+    level, negatives per anchor; lesion-candidate precision / recall against the masks; alignment and
+    uniformity."""
 
     KEYS = ("train_losses", "val_losses", "lrs", "epoch_start_timestamps", "epoch_end_timestamps",
-            "train_global_loss", "train_local_loss", "val_global_loss", "val_local_loss", "alignment", "uniformity")
+            *(f"{split}_{grain}_{name}" for split in ("train", "val") for grain in ("global", "local")
+              for name in ("loss", "acc", "chance", "logc", "neg")),
+            "train_candidate_precision", "train_candidate_recall", "val_candidate_precision",
+            "val_candidate_recall", "alignment", "uniformity")
     PANELS = [
         ("InfoNCE", "", [Curve("train_losses", "loss train", "b-"), Curve("val_losses", "loss val", "r-"),
                          Curve("train_global_loss", "coarse train", "b--"),
                          Curve("val_global_loss", "coarse val", "r--"),
-                         Curve("train_local_loss", "fine train", "b:"), Curve("val_local_loss", "fine val", "r:")]),
+                         Curve("val_global_logc", "coarse val: ln(candidates)", "k--"),
+                         Curve("train_local_loss", "fine train", "b:"), Curve("val_local_loss", "fine val", "r:"),
+                         Curve("val_local_logc", "fine val: ln(candidates)", "k:")]),
+        ("top-1 positive retrieval", "negatives per anchor (val)",
+         [Curve("train_global_acc", "coarse train", "b--"), Curve("val_global_acc", "coarse val", "r--"),
+          Curve("val_global_chance", "coarse val: chance", "k--"),
+          Curve("train_local_acc", "fine train", "b:"), Curve("val_local_acc", "fine val", "r:"),
+          Curve("val_local_chance", "fine val: chance", "k:"),
+          Curve("val_global_neg", "coarse", "c--", right_axis=True),
+          Curve("val_local_neg", "fine", "c:", right_axis=True)]),
+        ("lesion candidates vs masks", "",
+         [Curve("train_candidate_precision", "precision (train)", "g-"),
+          Curve("train_candidate_recall", "recall (train)", "m-"),
+          Curve("val_candidate_precision", "precision (val)", "g:"),
+          Curve("val_candidate_recall", "recall (val)", "m:")]),
         ("alignment (lower: positives closer)", "uniformity (0 = collapsed)",
          [Curve("alignment", "alignment", "g-"), Curve("uniformity", "uniformity", "m-", right_axis=True)]),
     ]

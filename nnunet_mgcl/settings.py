@@ -40,10 +40,11 @@ Keys used so far:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from nnunet_mgcl.conventions import PLANS_KEY
+from nnunet_mgcl.data.candidates import CandidateRule
 
 BUDGET_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
 
@@ -91,9 +92,26 @@ class PretrainSettings:
       grain, in the order of ``global_stages`` / ``local_stages``; null = equal weights summing to 1
       (the mean over stages, so that one and several stages give losses of the same scale: our choice).
     - ``num_anchors`` 256 per sample, ``lesion_fraction`` 0.5 (DESIGN.md: half from lesion candidates).
-    - ``min_overlap`` 0.5: the two crops share at least half the patch along every axis.
-    - ``modality_dropout`` 0.2: probability that one channel of a view is zeroed.
-    - ``candidate_threshold`` 2.5 robust SD (see :mod:`nnunet_mgcl.data.candidates`).
+    - ``view_scale`` 0.7: each view crops this fraction of nnU-Net's (initial) patch per axis around its
+      own random centre inside the brain, resampled to the patch (a random resized crop), so that a view
+      is smaller than the field of view even where the patch holds the whole brain (our choice).
+    - ``min_overlap`` 0.5: the two view centres differ by at most ``1 - min_overlap`` of a view's extent
+      per axis, symmetric about a midpoint inside the brain.
+    - ``modality_dropout`` 0.2: probability that one channel is zeroed, the same one in both views.
+    - ``queue_length`` 1024, ``momentum`` 0.95: the coarse grain's negatives, keys of a momentum encoder
+      (MoCo v2 / v3) kept in a queue, same-case keys masked. 0 = in-batch negatives only (SimCLR's and
+      Chaitanya's form, which their trainers keep). Our choices: MoCo v2 uses 65,536 and 0.999, v3 0.99,
+      over hundreds of ImageNet epochs; our pools hold hundreds of scans and our runs few steps (a queue
+      of 1024 is full after 256 steps at batch 2; with 0.99 the key encoder was still 89 % the initial
+      network after 12 steps of a CPU run, while the online one had moved).
+    - ``exclusion_radius_mm`` 5.0: in the fine grain, anchors of the same scan within this distance of
+      an anchor (and anchors of the same candidate component) are neither positives nor negatives.
+    - ``candidate_rule``: thresholds of the lesion-candidate rule, keys of
+      :class:`nnunet_mgcl.data.candidates.CandidateRule` (defaults there); an absolute Tmax threshold
+      applies when the plans leave the Tmax channel unnormalised (``NoNormalization``).
+    - ``val_pool_fraction`` 0.2: the share of the unlabeled pool held out for pretraining validation
+      (at least one scan; chosen by a hash of the case id), so that validation never sees training
+      scans. 0: no hold-out.
     - ``cross_modality_positives`` false: when true, each case is drawn twice per batch and both
       samples are positives of each other in the coarse loss (views that differ in which modality is
       dropped then act as cross-modality positives).
@@ -118,7 +136,12 @@ class PretrainSettings:
     lesion_fraction: float = 0.5
     min_overlap: float = 0.5
     modality_dropout: float = 0.2
-    candidate_threshold: float = 2.5
+    view_scale: float = 0.7
+    queue_length: int = 1024
+    momentum: float = 0.95
+    exclusion_radius_mm: float = 5.0
+    candidate_rule: CandidateRule = field(default_factory=CandidateRule)
+    val_pool_fraction: float = 0.2
     cross_modality_positives: bool = False
     initial_lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -136,6 +159,16 @@ class PretrainSettings:
             raise ValueError("mgcl.pretrain.lesion_fraction and modality_dropout must be in [0, 1]")
         if self.num_anchors < 2:
             raise ValueError("mgcl.pretrain.num_anchors must be >= 2")
+        if not 0 < self.view_scale <= 1:
+            raise ValueError(f"mgcl.pretrain.view_scale must be in (0, 1], got {self.view_scale}")
+        if isinstance(self.queue_length, bool) or not isinstance(self.queue_length, int) or self.queue_length < 0:
+            raise ValueError(f"mgcl.pretrain.queue_length must be an integer >= 0, got {self.queue_length!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"mgcl.pretrain.momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.val_pool_fraction < 1:
+            raise ValueError(f"mgcl.pretrain.val_pool_fraction must be in [0, 1), got {self.val_pool_fraction}")
+        if not self.exclusion_radius_mm >= 0:
+            raise ValueError(f"mgcl.pretrain.exclusion_radius_mm must be >= 0, got {self.exclusion_radius_mm}")
         _check_stages(self, "pretrain")
 
 
@@ -182,6 +215,15 @@ def pretrain_settings(configuration: Mapping[str, Any], **overrides: Any) -> Pre
     raw = _settings_block(configuration, "pretrain", PretrainSettings, overrides)
     _tuples(raw, ("global_stages", "local_stages"), int)
     _tuples(raw, ("global_scale_weights", "local_scale_weights"), float)
+    rule = raw.get("candidate_rule")
+    if isinstance(rule, Mapping):
+        known = {f.name for f in fields(CandidateRule)}
+        if set(rule) - known:
+            raise ValueError(f"unknown keys in plans setting {PLANS_KEY}.pretrain.candidate_rule: "
+                             f"{sorted(set(rule) - known)}; allowed: {sorted(known)}")
+        raw["candidate_rule"] = CandidateRule(**rule)
+    elif rule is not None and not isinstance(rule, CandidateRule):
+        raise ValueError(f"plans setting {PLANS_KEY}.pretrain.candidate_rule must be a JSON object, got {rule!r}")
     return PretrainSettings(**raw)
 
 

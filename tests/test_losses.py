@@ -287,3 +287,106 @@ def test_uniformity_and_collapse():
     assert torch.isfinite(g).all()
     with pytest.raises(ValueError):
         uniformity(spread[:1])
+
+
+# -- momentum / queue and lesion-aware local contrast -------------------------------------------------
+from nnunet_mgcl.losses import NoNegatives, contrast, local_contrast, momentum_info_nce  # noqa: E402
+
+
+def _reference_nce(q, cands, pos, excl, t):
+    """Per-anchor loop: -mean_{p} log softmax over the non-excluded candidates."""
+    out = []
+    qn, kn = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(cands, dim=1)
+    for i in range(len(q)):
+        keep = ~excl[i]
+        logits = qn[i] @ kn[keep].T / t
+        logp = logits - torch.logsumexp(logits, 0)
+        out.append(-logp[pos[i][keep]].mean())
+    return torch.stack(out).mean()
+
+
+def test_momentum_info_nce_masks_same_case_keys_and_matches_a_loop():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 8, generator=g, dtype=torch.float64)
+    keys = torch.randn(4, 8, generator=g, dtype=torch.float64)  # other view of samples 0, 1; same view of 0, 1
+    key_ids = torch.tensor([10, 11, 10, 11])
+    queue = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    queue_ids = torch.tensor([10, 12, 13, 11, 14, 10])
+    r = momentum_info_nce(q, keys, key_ids, torch.tensor([10, 11]), torch.tensor([0, 1]), queue, queue_ids, 0.2)
+    cands = torch.cat([keys, queue])
+    ids = torch.cat([key_ids, queue_ids])
+    pos = torch.zeros(2, 10, dtype=torch.bool)
+    pos[0, 0] = pos[1, 1] = True
+    excl = (torch.tensor([10, 11])[:, None] == ids[None]) & ~pos
+    assert torch.isclose(r.loss, _reference_nce(q, cands, pos, excl, 0.2))
+    # anchor 0 (case 10): masked are its own other key (2) and queue keys of case 10 (4, 9)
+    assert r.negatives == pytest.approx(((10 - 3 - 1) + (10 - 2 - 1)) / 2)
+    assert r.log_candidates == pytest.approx((math.log(7) + math.log(8)) / 2)
+    assert r.chance == pytest.approx((1 / 7 + 1 / 8) / 2)
+
+
+def test_momentum_info_nce_retrieval_accuracy_and_offset_positives():
+    # rank 1 of 2 with a batch of 2: its positives are rows 2 and 3 of the gathered keys
+    keys = torch.eye(4, 6, dtype=torch.float64)
+    q = keys[2:] + 0.01
+    ids = torch.tensor([1, 2, 3, 4])
+    r = momentum_info_nce(q, keys, ids, ids[2:], torch.tensor([2, 3]), temperature=0.1)
+    assert r.accuracy == 1.0
+    wrong = momentum_info_nce(q, keys, ids, ids[:2], torch.tensor([0, 1]), temperature=0.1)  # pairs swapped
+    assert wrong.accuracy == 0.0 and wrong.loss > r.loss
+    # the loss is at ln(candidates) for embeddings that say nothing
+    flat = momentum_info_nce(torch.ones(2, 6), torch.ones(40, 6), torch.arange(40), torch.tensor([0, 1]),
+                             torch.tensor([0, 1]))
+    assert float(flat.loss) == pytest.approx(math.log(40), rel=1e-5) and flat.log_candidates == pytest.approx(
+        math.log(40))
+
+
+def test_an_anchor_without_negatives_is_an_error():
+    ids = torch.tensor([5, 5])
+    with pytest.raises(NoNegatives, match="no negative"):
+        momentum_info_nce(torch.randn(2, 4), torch.randn(2, 4), ids, ids, torch.tensor([0, 1]))
+    with pytest.raises(NoNegatives):
+        contrast(torch.randn(1, 4), torch.randn(1, 4), torch.ones(1, 1, dtype=torch.bool),
+                 torch.zeros(1, 1, dtype=torch.bool), torch.tensor([0]), 0.1)
+
+
+def test_local_contrast_masks_neighbours_and_components_and_pulls_lesions_together():
+    g = torch.Generator().manual_seed(1)
+    m = 6
+    f1, f2 = torch.randn(m, 8, generator=g, dtype=torch.float64), torch.randn(m, 8, generator=g, dtype=torch.float64)
+    sample = torch.tensor([0, 0, 0, 0, 1, 1])
+    pseudo = torch.tensor([2, 2, 0, 0, 2, 0])
+    component = torch.tensor([1, 1, 0, 0, 1, 0])  # anchors 0 and 1: one lesion component of scan 0
+    points = torch.tensor([[0.0, 0, 0], [30, 0, 0], [2, 0, 0], [60, 0, 0], [0, 0, 0], [50, 0, 0]])
+    r = local_contrast(f1, f2, sample, pseudo, component, points, radius=5.0, temperature=0.1)
+    z = torch.cat([f1, f2])
+    pos = torch.zeros(12, 12, dtype=torch.bool)
+    excl = torch.eye(12, dtype=torch.bool)
+    for a in range(12):
+        i = a % m
+        for c in range(12):
+            j = c % m
+            if c == a:
+                continue
+            same_scan = sample[i] == sample[j]
+            near = same_scan and (points[i] - points[j]).norm() <= 5.0
+            same_comp = same_scan and component[i] > 0 and component[i] == component[j]
+            if c == (a + m) % (2 * m):
+                pos[a, c] = True
+            elif pseudo[i] == 2 and pseudo[j] == 2 and not (near or same_comp):
+                pos[a, c] = True
+            elif near or same_comp:
+                excl[a, c] = True
+    assert pos[0, 4] and pos[0, 10] and not pos[0, 1] and excl[0, 1] and excl[0, 2]  # the example says what it means
+    assert torch.isclose(r.loss, _reference_nce(z, z, pos, excl, 0.1))
+    # scan 1's lesion anchor is a positive of scan 0's (other scans' anchors are in the loss)
+    assert r.negatives < 10
+
+
+def test_local_contrast_gradient_is_finite_and_reaches_both_views():
+    f1 = torch.randn(8, 4, requires_grad=True)
+    f2 = torch.randn(8, 4, requires_grad=True)
+    r = local_contrast(f1, f2, torch.zeros(8, dtype=torch.long), torch.tensor([2, 2, 0, 0, 0, 0, 1, 1]),
+                       torch.tensor([1, 2, 0, 0, 0, 0, 0, 0]), torch.arange(8.0)[:, None].repeat(1, 3) * 10, 5.0)
+    r.loss.backward()
+    assert torch.isfinite(f1.grad).all() and f1.grad.abs().sum() > 0 and f2.grad.abs().sum() > 0

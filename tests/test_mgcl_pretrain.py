@@ -19,7 +19,13 @@ from nnunet_mgcl.trainers import (
     nnUNetTrainerMGCLPretrain_fine,
     nnUNetTrainerPlansBudget,
 )
-from nnunet_mgcl.trainers.mgcl_pretrain import TRANSFER_KEY, collapse_reason
+from nnunet_mgcl.trainers.mgcl_pretrain import (
+    MOMENTUM_KEY,
+    TRANSFER_KEY,
+    case_ids,
+    collapse_reason,
+    held_out_pool,
+)
 
 
 def _plans_path(tiny) -> Path:
@@ -28,8 +34,13 @@ def _plans_path(tiny) -> Path:
 
 def test_pretraining_writes_checkpoint_progress_and_summary(pretrained):
     tiny, fold, proc = pretrained
-    assert "pretraining on 10 scans (4 from the unlabeled pool)" in proc.stdout
+    assert "pretraining on 9 scans (4 in the unlabeled pool), validating on 1" in proc.stdout
+    assert "validation on 1 held-out pool scans" in proc.stdout
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    momentum = ckpt[MOMENTUM_KEY]
+    assert momentum["queue_size"] == 1 * 2 * 4  # 1 epoch x 2 steps x (2 samples x 2 views)
+    assert set(momentum["queue"]) == {k.split(".")[1] for k in ckpt["network_weights"] if k.startswith("global_heads.")}
+    assert not any(k.startswith("momentum") for k in ckpt["network_weights"])  # never transferred
     info = ckpt[TRANSFER_KEY]
     assert info["num_input_channels"] == 4 and info["plans_name"] == "nnUNetSmallPlans"
     assert info["transfer_prefixes"] == ["encoder.", "decoder."]
@@ -41,8 +52,12 @@ def test_pretraining_writes_checkpoint_progress_and_summary(pretrained):
     assert (fold / "progress.png").stat().st_size > 10_000
     summary = json.loads((fold / "pretraining_summary.json").read_text())
     assert summary["epochs"] == 1
-    for key in ("train_global_loss", "train_local_loss", "alignment", "uniformity"):
-        assert math.isfinite(summary[key])
+    for key in ("train_global_loss", "train_local_loss", "alignment", "uniformity", "val_global_acc",
+                "val_global_chance", "val_global_logc", "val_global_neg", "val_local_acc", "val_local_logc"):
+        assert math.isfinite(summary[key]), key
+    assert 0 < summary["val_global_chance"] < 1 and summary["val_global_neg"] >= 2
+    log = (fold / next(p.name for p in fold.iterdir() if p.name.startswith("training_log"))).read_text()
+    assert "top-1" in log and "lesion candidates vs masks (train)" in log
 
 
 def test_unlabeled_pool_is_preprocessed_beside_the_configuration_folder(pretrained):
@@ -70,6 +85,7 @@ def test_resume_with_c_continues_where_training_stopped(pretrained, tmp_path):
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["current_epoch"] == 2
     assert len(ckpt["logging"]["train_losses"]) == 2 and len(ckpt["logging"]["uniformity"]) == 2
+    assert ckpt[MOMENTUM_KEY]["queue_size"] == 2 * 2 * 4  # the queue survived --c and kept filling
 
 
 def test_checkpoint_transfers_into_plain_nnunet(pretrained, tmp_path):
@@ -135,3 +151,19 @@ def test_ablations_build_one_grain(tiny_dataset, cls, global_heads, local_heads)
 ])
 def test_collapse_detection(history, stops):
     assert (collapse_reason(history, PretrainSettings()) is not None) == stops
+
+
+def test_held_out_pool_scans_are_stable_and_leave_scans_to_train_on():
+    pool = [f"case{i:03d}" for i in range(20)]
+    held = held_out_pool(pool, 0.2)
+    assert len(held) == 4 and set(held) <= set(pool)
+    assert held_out_pool(list(reversed(pool)), 0.2) == held                 # independent of the order
+    assert set(held_out_pool(pool + ["extra"], 0.2)) & set(held)            # mostly the same when the pool grows
+    assert held_out_pool(["a"], 0.2) == [] and len(held_out_pool(["a", "b"], 0.9)) == 1
+    assert held_out_pool(pool, 0.0) == []
+
+
+def test_case_ids_are_stable_integers():
+    ids = case_ids(["a", "b", "a"])
+    assert ids.dtype == torch.long and ids[0] == ids[2] and ids[0] != ids[1]
+    assert torch.equal(case_ids(["a"]), case_ids(["a"]))

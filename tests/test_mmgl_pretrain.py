@@ -116,7 +116,11 @@ def _batch(trainer, anchors: int = 48) -> dict:
     a2 = (a1 + torch.randint(-2, 3, a1.shape)).clamp(min=0).minimum(torch.tensor(patch) - 1)
     return {"view1": torch.randn(b, 4, *patch), "view2": torch.randn(b, 4, *patch), "anchors1": a1, "anchors2": a2,
             "anchor_valid": torch.ones(b, anchors, dtype=torch.bool), "keys": np.array([f"c{i}" for i in range(b)]),
-            "centre": torch.tensor([[8.0, 20, 20], [24.0, 20, 20]])[:b], "case_shape": torch.full((b, 3), 32)}
+            "anchor_class": torch.zeros(b, anchors, dtype=torch.long),
+            "anchor_component": torch.zeros(b, anchors, dtype=torch.long), "anchor_points": a1.float() * 10,
+            "candidate_counts": torch.zeros(b, 3, dtype=torch.long), "has_reference": torch.zeros(b, dtype=torch.bool),
+            "centre": torch.tensor([[8.0, 20, 20], [24.0, 20, 20]])[:b], "case_shape": torch.full((b, 3), 32),
+            "partition": torch.arange(b)}
 
 
 def _snapshot(net) -> dict[str, torch.Tensor]:
@@ -161,7 +165,7 @@ def test_multi_scale_global_loss_is_the_weighted_sum_of_the_stages(tiny_dataset,
     torch.manual_seed(1)
     weights = [0.5, 0.3, 0.2]
     trainer = _trainer(tiny_dataset, tmp_path, monkeypatch, nnUNetTrainerMMGLPretrain,
-                       mmgl={"global_scale_weights": weights})
+                       mmgl={"global_scale_weights": weights}, pretrain={"queue_length": 0})  # in-batch: info_nce
     trainer.initialize()
     batch = _batch(trainer)
     net = trainer.network.eval()  # batch norm with fixed statistics: the same embeddings twice
@@ -196,7 +200,7 @@ def test_partition_positive_mask_matches_a_hand_worked_example(tiny_dataset, tmp
     assert patch_partitions(torch.tensor([[-2.0, 0, 0], [9.0, 0, 0]]), torch.tensor([[8, 1, 1]] * 2), 4).tolist() \
         == [0, 3]  # padded patches centred outside the case are clipped
     trainer = _trainer(tiny_dataset, tmp_path, monkeypatch, nnUNetTrainerGLCLPretrain)
-    groups = trainer.global_positive_groups({"centre": centre, "case_shape": shape})
+    groups = trainer.global_positive_groups({"partition": patch_partitions(centre, shape, 4)})
     # rows / columns: samples 0-3 view 1, then samples 0-3 view 2; 1 = positive of the row's anchor
     expected = torch.tensor([
         [0, 0, 0, 0, 1, 0, 0, 0],

@@ -52,12 +52,31 @@ def test_global_head_spreads_nearly_identical_scans_in_training():
     from nnunet_mgcl.losses import is_collapsed, uniformity
 
     torch.manual_seed(0)
-    head = GlobalProjectionHead(16, 64, 32).train()
+    head = GlobalProjectionHead(16, 64, 32)
     base = torch.randn(1, 16, 4, 4, 4)
     batch = torch.nn.functional.instance_norm(base + 0.01 * torch.randn(4, 16, 4, 4, 4))
-    z = head(batch).detach()
-    assert is_collapsed(uniformity(head.eval()(batch).detach()))  # without batch statistics: collapsed
-    assert not is_collapsed(uniformity(z))
+    assert is_collapsed(uniformity(head.eval()(batch).detach()))  # initial statistics (identity): collapsed
+    z = head.train()(batch).detach()
+    assert not is_collapsed(uniformity(z))  # running statistics remove the common part from the first step
+
+
+def test_global_head_does_not_couple_the_samples_of_a_batch():
+    from nnunet_mgcl.networks.heads import RunningNorm
+
+    torch.manual_seed(0)
+    head = GlobalProjectionHead(8, 16, 4).train()
+    x = torch.randn(2, 8, 3, 3, 3, requires_grad=True)
+    head(x)[0].sum().backward()
+    assert x.grad[0].abs().sum() > 0 and x.grad[1].abs().sum() == 0  # batch norm would couple them
+    norm = RunningNorm(3, momentum=0.5)
+    a = torch.tensor([[1.0, 2, 3], [3.0, 4, 7]])
+    norm(a)
+    assert torch.allclose(norm.running_mean, a.mean(0))  # the first batch sets the statistics
+    norm(a + 2)
+    assert torch.allclose(norm.running_mean, a.mean(0) + 1)  # then an exponential moving average
+    before = norm.running_mean.clone()
+    norm.eval()(a + 10)
+    assert torch.equal(norm.running_mean, before)  # eval: applied only
 
 
 def _mrff(ring_width=2):
@@ -192,3 +211,33 @@ def test_mrff_head_learns_a_lesion_contrast_of_one_modality():
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y.numpy(), p.numpy()) > 0.9
+
+
+def test_momentum_encoder_follows_the_online_network_as_an_ema_and_matches_it_when_copied():
+    from nnunet_mgcl.networks.contrastive import ContrastiveUNet, MomentumEncoder
+    from nnunet_mgcl.settings import PretrainSettings
+
+    torch.manual_seed(0)
+    net = ContrastiveUNet(_unet(ds=False), PretrainSettings(global_stages=(-1, -2), local_weight=0.0))
+    key = MomentumEncoder(net)
+    assert all(not p.requires_grad for p in key.parameters()) and not key.train().training  # always eval
+    x = torch.randn(2, 4, 16, 16, 16)
+    net.train()
+    feats = net.features(x, run_decoder=False)
+    for stage, head in net.global_heads.items():
+        head(feats.encoder[int(stage)])  # sets the heads' running statistics
+    key.update(net, 0.0)  # a plain copy
+    net.eval()
+    out = key(x)
+    assert set(out) == set(net.global_heads)
+    for stage, head in net.global_heads.items():
+        assert torch.allclose(out[stage], head(net.features(x, run_decoder=False).encoder[int(stage)]), atol=1e-5)
+    before = {k: v.clone() for k, v in key.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    key.update(net, 0.9)
+    name = "encoder.stages.0.0.convs.0.conv.weight"
+    online = dict(net.named_parameters())[name]
+    assert torch.allclose(key.state_dict()[name], 0.9 * before[name] + 0.1 * online)
+    assert not any(k.startswith("momentum") for k in net.state_dict())  # not part of the transferred network

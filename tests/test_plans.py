@@ -161,6 +161,13 @@ def test_pretrain_and_finetune_settings_defaults_overrides_and_errors():
         pretrain_settings({"mgcl": {"pretrain": {"temp": 0.1}}})
     with pytest.raises(ValueError, match="not both 0"):
         pretrain_settings({}, global_weight=0.0, local_weight=0.0)
+    rule = pretrain_settings({"mgcl": {"pretrain": {"candidate_rule": {"tmax_seconds": 4.0}, "queue_length": 0}}})
+    assert rule.candidate_rule.tmax_seconds == 4.0 and rule.candidate_rule.dwi_z == 2.0 and rule.queue_length == 0
+    with pytest.raises(ValueError, match="candidate_rule: \\['tmax'\\]"):
+        pretrain_settings({"mgcl": {"pretrain": {"candidate_rule": {"tmax": 4.0}}}})
+    for bad in ({"queue_length": -1}, {"momentum": 1.0}, {"view_scale": 0.0}, {"val_pool_fraction": 1.0}):
+        with pytest.raises(ValueError, match=f"mgcl.pretrain.{next(iter(bad))}"):
+            pretrain_settings({"mgcl": {"pretrain": bad}})
     with pytest.raises(ValueError, match="'mrff' or 'pooled'"):
         finetune_settings({"mgcl": {"finetune": {"classifier": "transformer"}}})
     with pytest.raises(ValueError, match="not written by a fine-tuning trainer"):

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from os.path import isfile, join
+from time import time
 from typing import ClassVar
 
 import torch
@@ -148,6 +150,50 @@ class CheckpointMixin(DistributedMixin):
             **self.checkpoint_extras(),
         }
         atomic_torch_save(to_cpu(checkpoint), filename)
+
+
+class EpochEndMixin:
+    """nnU-Net's ``on_epoch_end`` (nnunetv2 2.8.1), once for all our trainers, with hooks for what differs.
+
+    nnU-Net's version logs the epoch end, prints losses and pseudo-Dice, writes ``checkpoint_latest``
+    every ``save_every`` epochs, keeps the checkpoint with the best EMA pseudo-Dice and draws
+    ``progress.png``. Ours does the same with three hooks:
+
+    - :meth:`log_epoch_summary`: the lines printed to the training log (the trainer's own quantities);
+    - :meth:`selection_score`: the best-checkpoint criterion, higher is better, stored in nnU-Net's
+      ``_best_ema`` field (so ``--c`` restores it); a non-finite score never counts as a new best;
+    - :meth:`after_epoch_end`: runs after ``current_epoch`` was advanced (a pretrainer's collapse check).
+    """
+
+    #: how the log names the selection score
+    selection_name: ClassVar[str] = "selection score"
+
+    def log_epoch_summary(self) -> None:
+        """Print this epoch's quantities (default: nothing beyond the epoch time)."""
+
+    def selection_score(self) -> float:
+        raise NotImplementedError(f"{type(self).__name__} must define selection_score()")
+
+    def after_epoch_end(self) -> None:
+        """Called at the very end of :meth:`on_epoch_end`."""
+
+    def on_epoch_end(self) -> None:
+        e = self.current_epoch
+        self.logger.log("epoch_end_timestamps", time(), e)
+        self.log_epoch_summary()
+        get = lambda k: self.logger.get_value(k, step=-1)  # noqa: E731
+        self.print_to_log_file(f"Epoch time: {get('epoch_end_timestamps') - get('epoch_start_timestamps'):.2f} s")
+        if (e + 1) % self.save_every == 0 and e != self.num_epochs - 1:
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+        score = float(self.selection_score())
+        if math.isfinite(score) and (self._best_ema is None or score > self._best_ema):
+            self._best_ema = score
+            self.print_to_log_file(f"New best {self.selection_name}: {score:.4f}")
+            self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
+        if self.local_rank == 0:
+            self.logger.plot_progress_png(self.output_folder)
+        self.current_epoch += 1
+        self.after_epoch_end()
 
 
 def backward_and_step(trainer, loss, extra_optimizers=()) -> None:

@@ -16,12 +16,16 @@
   batch are negatives (our choice; Chaitanya sample 5 per region to bound memory, which our bounded
   anchor count already does).
 
-Partition of a sample (our choice; Chaitanya's loader draws 2D slices by partition, nnU-Net's draws
-patches): the position of its patch centre (view 1's box) along the first spatial axis of the
-preprocessed case, relative to that axis' length: partition ``floor(S * centre / length)``, clipped to
-[0, S-1] (a padded patch of a short case can be centred outside it). For 2D configurations the first
-axis is the slice axis, exactly Chaitanya's setting; for 3D it is the axis nnU-Net's ``transpose_forward``
-put first (for brain MRI usually the through-plane, inferior-superior axis).
+Partitions (our reading of Chaitanya's loader, which draws 2D slices partition by partition): the
+two-view loader assigns the samples of a batch different partitions (a random permutation of the S
+partitions, cycled when the batch is larger than S) and draws each sample's view midpoint inside its
+partition along the first spatial axis of the preprocessed case (``floor(S * position / length)``,
+:func:`patch_partitions`), so that every batch spans different partitions and every anchor has
+negatives (asserted: :class:`~nnunet_mgcl.losses.NoNegatives` otherwise). A view is at most half the
+first axis thick (one that covered the axis would have no partition). For 2D configurations the first axis is the slice axis, exactly
+Chaitanya's setting; for 3D it is the axis nnU-Net's ``transpose_forward`` put first (for brain MRI
+usually the through-plane, inferior-superior axis). Negatives are in-batch, as in Chaitanya et al.
+(``queue_length`` 0): G^D positives are defined within a batch.
 """
 from __future__ import annotations
 
@@ -49,9 +53,18 @@ class nnUNetTrainerGLCLPretrain(StagedPretrainMixin, nnUNetTrainerMGCLPretrain):
     """G^D global contrast (stage 1), then L^R local contrast with the encoder frozen (stage 2)."""
 
     staged_settings_class: ClassVar[type[MMGLSettings]] = GLCLSettings
-    # the partitions define the extra positives; one sample per drawn case
-    settings_overrides: ClassVar[dict] = {"cross_modality_positives": False}
+    # the partitions define the extra positives; one sample per drawn case; in-batch negatives (Chaitanya)
+    # views of half the enlarged patch per axis (our choice): on CPU plans, whose patch holds the whole
+    # brain, MGCL's 0.7 covers the whole first axis, where a partition means nothing
+    settings_overrides: ClassVar[dict] = {"cross_modality_positives": False, "queue_length": 0, "view_scale": 0.5}
+
+    def view_partitions(self) -> int:
+        return self.staged.num_partitions
 
     def global_positive_groups(self, batch: dict) -> torch.Tensor:
-        """G^D: samples of the same partition (any volume) are positives of each other."""
-        return patch_partitions(batch["centre"], batch["case_shape"], self.staged.num_partitions).to(self.device)
+        """G^D: samples of the same partition (any volume) are positives of each other; the loader's
+        partitions differ within a batch, so every anchor has negatives."""
+        groups = batch["partition"].to(self.device)
+        if bool((groups < 0).any()):
+            raise RuntimeError("GLCL needs the loader's partitions (batch['partition'] is -1)")
+        return groups

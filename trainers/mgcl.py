@@ -58,13 +58,13 @@ from nnunet_mgcl.evaluation.classification import classification_metrics, roc_au
 from nnunet_mgcl.networks.multitask import MultiTaskUNet
 from nnunet_mgcl.progress import MultiTaskLocalLogger
 from nnunet_mgcl.settings import classifier_shape, finetune_settings
-from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, SeededTrainingMixin,
-                                       autocast_for, backward_and_step)
+from nnunet_mgcl.trainers.base import (CheckpointMixin, EpochEndMixin, PlansBudgetMixin, PretrainedInitMixin,
+                                       SeededTrainingMixin, autocast_for, backward_and_step)
 from nnunet_mgcl.trainers.finetune_schedule import FinetuneScheduleMixin
 
 
-class nnUNetTrainerMGCL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedInitMixin, CheckpointMixin, PlansBudgetMixin,
-                        nnUNetTrainer):
+class nnUNetTrainerMGCL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedInitMixin, EpochEndMixin, CheckpointMixin,
+                        PlansBudgetMixin, nnUNetTrainer):
     #: our train step ends in clip_and_step, which averages the gradients over ranks (DistributedMixin)
     replicate_without_ddp: ClassVar[bool] = True
     settings_overrides: ClassVar[dict] = {}
@@ -228,12 +228,9 @@ class nnUNetTrainerMGCL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
         w = self.settings.selection_dice_weight
         return float(w * dice + (1 - w) * auc)
 
-    def on_epoch_end(self) -> None:
-        """nnU-Net's epoch end, with the best checkpoint chosen by :meth:`selection_score`."""
-        from time import time
+    selection_name = "selection score (Dice/AUC)"
 
-        e = self.current_epoch
-        self.logger.log("epoch_end_timestamps", time(), e)
+    def log_epoch_summary(self) -> None:
         get = lambda k: self.logger.get_value(k, step=-1)  # noqa: E731
         self.print_to_log_file("train_loss", np.round(get("train_losses"), 4),
                                f"(segmentation {get('train_seg_loss'):.4f}, classification {get('train_cls_loss'):.4f})")
@@ -241,17 +238,6 @@ class nnUNetTrainerMGCL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
                                f"(classification {get('val_cls_loss'):.4f})")
         self.print_to_log_file("Pseudo dice", [np.round(i, 4) for i in get("dice_per_class_or_region")])
         self.print_to_log_file(f"AUC ({self.case_labels.name}) {get('val_auc'):.4f}, moving average {get('ema_auc'):.4f}")
-        self.print_to_log_file(f"Epoch time: {get('epoch_end_timestamps') - get('epoch_start_timestamps'):.2f} s")
-        if (e + 1) % self.save_every == 0 and e != self.num_epochs - 1:
-            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
-        score = self.selection_score()
-        if self._best_ema is None or score > self._best_ema:
-            self._best_ema = score
-            self.print_to_log_file(f"New best selection score (Dice/AUC): {score:.4f}")
-            self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
-        if self.local_rank == 0:
-            self.logger.plot_progress_png(self.output_folder)
-        self.current_epoch += 1
 
     # -- final validation ---------------------------------------------------------------------------
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:

@@ -1,25 +1,44 @@
 """MGCL pretraining: multi-grained contrastive learning on labeled images (labels unused) and the pool.
 
 ``nnUNetv2_train ID CFG all -tr nnUNetTrainerMGCLPretrain`` trains the plans' own U-Net (plain or
-residual encoder, 2D or 3D) with
+residual encoder, 2D or 3D) on two symmetric views of each scan (:mod:`nnunet_mgcl.data.two_view`) with
 
-- the **coarse-grained** loss: InfoNCE between pooled, projected encoder features of two views of each
-  scan, the other scans of the batch as negatives (optionally cross-modality positives);
-- the **fine-grained** loss: dense InfoNCE between projected decoder features of the two views at
-  anchor voxels that show the same physical location, the other anchors as negatives; half of the
-  anchors are label-free lesion candidates (:mod:`nnunet_mgcl.data.two_view`). Anchor pairs that fall
-  into the same voxel of a decoder stage's map (in either view) count once (:func:`distinct_pairs`).
+- the **coarse-grained** loss: InfoNCE between pooled, projected encoder features of one view (queries,
+  online network) and a **momentum encoder**'s keys of the other view (MoCo v2 / v3, symmetrised).
+  Candidates are the current keys of both views of every sample (of every rank under DDP, gathered
+  without gradient, the positive at ``rank * batch + i``) and a **queue** of past keys
+  (``queue_length``); keys of the anchor's own case are masked (optionally positives:
+  ``cross_modality_positives``). nnU-Net's batch of 2 then gives an anchor up to ``queue_length + 2``
+  negatives instead of 2. ``queue_length`` 0 falls back to in-batch negatives (SimCLR, GLCL);
+- the **fine-grained** loss (:func:`nnunet_mgcl.losses.local_contrast`): decoder features of the two views
+  at anchor voxels that show the same physical location are positives; half of the anchors are
+  label-free lesion candidates (:mod:`nnunet_mgcl.data.candidates`), and every lesion-candidate anchor has
+  the lesion-candidate anchors of other components and scans as positives too; anchors of the same
+  candidate component or within ``exclusion_radius_mm`` are neither; the rest, other scans' anchors
+  included, are negatives. Anchor pairs that fall into the same voxel of a decoder stage's map (in
+  either view) count once (:func:`distinct_pairs`).
 
 With several stages per grain (``global_stages`` / ``local_stages``), a grain's loss is the weighted
 sum of its stages' losses (``*_scale_weights``, default the mean).
 
+**Validation** runs on held-out scans of the unlabeled pool (``val_pool_fraction``; with a fold other
+than ``all``, its validation cases too), never on the scans it trains on; without a pool, on the
+fold's validation cases, and with fold ``all`` and no pool on the training scans (a warning in the
+log). Logged per epoch and drawn in ``progress.png``: both losses against ln(candidates) (the loss of
+random embeddings), top-1 positive-retrieval accuracy against its chance level, negatives per anchor
+(an anchor without negative raises :class:`~nnunet_mgcl.losses.NoNegatives`), lesion-candidate
+precision and recall against the masks of labeled training cases (read for the log only), alignment
+and uniformity. A representation that stays collapsed for ``collapse_patience`` epochs stops training
+with :class:`RepresentationCollapse`. The best checkpoint maximises, over the active grains, the
+validation ln(candidates) minus loss (the nats gained over chance: unlike the loss, it stays comparable
+while the queue fills; our choice).
+
 Settings come from the plans block ``mgcl.pretrain`` (:class:`nnunet_mgcl.settings.PretrainSettings`),
-the budget from ``mgcl.pretrain_budget`` (else ``mgcl.budget``). Both losses, alignment and uniformity
-are logged per epoch and drawn in ``progress.png``; a representation that stays collapsed for
-``collapse_patience`` epochs stops training with :class:`RepresentationCollapse`. The best checkpoint is
-the one with the lowest validation loss. Checkpoints are nnU-Net's (``--c`` resumes) plus
-``mgcl_transfer``: what a fine-tuning run needs to adapt the weights. ``-pretrained_weights`` of plain
-``nnUNetTrainer`` loads the encoder and decoder from them (the heads are ignored).
+the budget from ``mgcl.pretrain_budget`` (else ``mgcl.budget``). Checkpoints are nnU-Net's (``--c``
+resumes) plus ``mgcl_transfer``, what a fine-tuning run needs to adapt the weights, and
+``mgcl_momentum``, the momentum encoder and its queue (so ``--c`` continues with them).
+``-pretrained_weights`` of plain ``nnUNetTrainer`` loads the encoder and decoder from them (the heads
+and the momentum encoder are ignored).
 
 Under several ranks (``-num_gpus N``, ``torchrun``; :mod:`nnunet_mgcl.distributed`) the coarse loss runs
 over the global batch (:func:`nnunet_mgcl.losses.global_info_nce`: embeddings gathered with gradients,
@@ -31,9 +50,10 @@ and representation measures cover every rank.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from os.path import join
-from time import time
 from typing import ClassVar
 
 import numpy as np
@@ -41,35 +61,58 @@ import torch
 from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.collate_outputs import collate_outputs
 
 from nnunet_mgcl import distributed
 from nnunet_mgcl.data.augmentation import split_transforms
-from nnunet_mgcl.data.candidates import directions_from_channel_names
+from nnunet_mgcl.data.candidates import TMAX, channel_kinds
 from nnunet_mgcl.data.pool import CombinedDataset, ensure_preprocessed_pool, pool_cases
 from nnunet_mgcl.data.two_view import TwoViewDataLoader, TwoViewSettings
-from nnunet_mgcl.distributed import unwrap
-from nnunet_mgcl.losses import alignment, dense_info_nce, global_info_nce, is_collapsed, uniformity
-from nnunet_mgcl.networks.contrastive import ContrastiveUNet
+from nnunet_mgcl.distributed import gather_no_grad, unwrap
+from nnunet_mgcl.losses import (ContrastResult, alignment, global_contrast, is_collapsed, local_contrast,
+                                momentum_info_nce, uniformity)
+from nnunet_mgcl.networks.contrastive import ContrastiveUNet, MomentumEncoder
 from nnunet_mgcl.progress import ContrastiveLocalLogger
 from nnunet_mgcl.settings import PretrainSettings, pretrain_settings
-from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, SeededTrainingMixin, autocast_for,
-                                       clip_and_step, scaled_backward, wrap_in_augmenters)
+from nnunet_mgcl.trainers.base import (CheckpointMixin, EpochEndMixin, PlansBudgetMixin, SeededTrainingMixin,
+                                       autocast_for, clip_and_step, scaled_backward, wrap_in_augmenters)
 from nnunet_mgcl.transfer import METADATA_KEY
 
 TRANSFER_KEY = METADATA_KEY  # read back by nnunet_mgcl.transfer.load_pretrained
+MOMENTUM_KEY = "mgcl_momentum"
+#: the per-grain diagnostics a step returns (see :class:`~nnunet_mgcl.losses.ContrastResult`)
+DIAGNOSTICS = ("acc", "chance", "logc", "neg")
 
 
 class RepresentationCollapse(RuntimeError):
     """The embeddings stopped spreading out (uniformity near its worst value)."""
 
 
-class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+def case_ids(keys) -> torch.Tensor:
+    """Stable int64 ids of case identifiers (the same on every rank and in every run), so that keys of one
+    case can be recognised across ranks and in the queue."""
+    return torch.tensor([int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), "little",
+                                        signed=True) for k in keys], dtype=torch.long)
+
+
+def held_out_pool(identifiers: list[str], fraction: float) -> list[str]:
+    """The pool scans that pretraining validates on: ``fraction`` of them (at least 1, and at least 1 left
+    to train on when there are 2 or more), chosen by a hash of the identifier (our choice: the same
+    scans whatever the seed, the order or the other cases, so that validation never sees a training scan
+    across runs and resumes)."""
+    if len(identifiers) < 2 or fraction <= 0:
+        return []
+    n = min(len(identifiers) - 1, max(1, round(fraction * len(identifiers))))
+    ranked = sorted(identifiers, key=lambda k: hashlib.blake2b(k.encode(), digest_size=8).digest())
+    return sorted(ranked[:n])
+
+
+class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, EpochEndMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
     #: our train step ends in clip_and_step, which averages the gradients over ranks (DistributedMixin)
     replicate_without_ddp: ClassVar[bool] = True
     #: settings a trainer variant fixes on top of the plans (the ablations switch a grain off)
     settings_overrides: ClassVar[dict] = {}
     budget_key = "pretrain_budget"
+    selection_name = "validation nats over chance"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -80,7 +123,11 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
         self.weight_decay = self.settings.weight_decay
         self.enable_deep_supervision = False  # no segmentation outputs are trained
         self.logger.local_logger = ContrastiveLocalLogger()
-        self._best_val_loss: float | None = None
+        self.momentum_encoder: MomentumEncoder | None = None
+        self.queue: dict[str, torch.Tensor] = {}
+        self.queue_ids = torch.zeros(0, dtype=torch.long)
+        self.queue_size = 0  # filled entries
+        self.queue_ptr = 0   # next slot to overwrite
 
     # -- network, optimiser ------------------------------------------------------------------------
     @classmethod
@@ -104,11 +151,30 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
+    def uses_queue(self) -> bool:
+        """Whether the coarse grain contrasts against a momentum encoder and queue."""
+        return self.settings.queue_length > 0 and len(unwrap(self.network).global_heads) > 0
+
+    def initialize(self) -> None:
+        super().initialize()
+        if self.uses_queue():
+            net = unwrap(self.network)
+            self.momentum_encoder = MomentumEncoder(net).to(self.device)
+            length, dim = self.settings.queue_length, self.settings.projection_dim
+            self.queue = {s: torch.zeros(length, dim, device=self.device) for s in net.global_heads}
+            self.queue_ids = torch.zeros(length, dtype=torch.long, device=self.device)
+            self.queue_size = self.queue_ptr = 0
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.momentum_encoder is not None and self.current_epoch == 0:
+            # start from the online weights as they are now (after -pretrained_weights, if any)
+            self.momentum_encoder.update(unwrap(self.network), 0.0)
+
     # -- data --------------------------------------------------------------------------------------
-    def _pool_dataset(self):
-        if not pool_cases(self.dataset_json):
-            return None
+    def _pool_dataset(self, identifiers: list[str]):
         raw = join(nnUNet_raw, self.plans_manager.dataset_name) if nnUNet_raw.is_set() else None
+
         def prepare():
             return ensure_preprocessed_pool(raw, self.preprocessed_dataset_folder_base, self.plans_manager,
                                             self.configuration_manager, self.dataset_json)
@@ -117,7 +183,37 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
             prepare()
         distributed.barrier()
         folder = prepare()
-        return self.dataset_class(str(folder), pool_cases(self.dataset_json))
+        return self.dataset_class(str(folder), identifiers)
+
+    def pretraining_datasets(self):
+        """(training, validation) datasets: validation on held-out pool scans (module docstring)."""
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        pool = pool_cases(self.dataset_json)
+        held = held_out_pool(pool, self.settings.val_pool_fraction)
+        if held:
+            train_pool = self._pool_dataset([k for k in pool if k not in held])
+            val_pool = self._pool_dataset(held)
+            dataset_val = val_pool if self.fold == "all" else CombinedDataset(dataset_val, val_pool)
+            dataset_tr = CombinedDataset(dataset_tr, train_pool)
+            self.print_to_log_file(f"validation on {len(held)} held-out pool scans: {held}")
+        else:
+            if pool:
+                dataset_tr = CombinedDataset(dataset_tr, self._pool_dataset(pool))
+            if self.fold == "all":
+                dataset_val = dataset_tr
+                self.print_to_log_file("WARNING: no pool scan to hold out (mgcl.pretrain.val_pool_fraction or a "
+                                       "pool of < 2 scans): validation runs on the training scans")
+        return dataset_tr, dataset_val
+
+    def view_partitions(self) -> int:
+        """Partitions the loader spreads a batch over (0: none; GLCL's G^D sets them)."""
+        return 0
+
+    def _reference_labels(self) -> list[int] | None:
+        """Label values of the lesion that candidates are measured against: the region named ``core`` of a
+        region-based dataset, else every foreground label."""
+        core = self.dataset_json["labels"].get("core")
+        return [int(v) for v in core] if isinstance(core, (list, tuple)) else None
 
     def get_dataloaders(self):
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -129,27 +225,30 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         pipeline = self.get_training_transforms(patch_size, rotation, None, mirror_axes, dummy_2d)
         spatial, intensity = split_transforms(pipeline)
-        if self.global_batch_size() < 2 and len(unwrap(self.network).global_heads):
-            raise RuntimeError(f"the coarse-grained (global) loss contrasts the scans of the global batch (all ranks) "
-                               f"and needs at least 2: plans['configurations']['{self.configuration_name}']"
-                               f"['batch_size'] is {self.global_batch_size()}")
-        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
-        pool = self._pool_dataset()
-        if pool is not None:
-            dataset_tr = CombinedDataset(dataset_tr, pool)
-            dataset_val = CombinedDataset(dataset_val, pool) if self.fold == "all" else dataset_val
+        net = unwrap(self.network)
+        if self.global_batch_size() < 2 and len(net.global_heads) and not self.uses_queue():
+            raise RuntimeError(f"the coarse-grained (global) loss with in-batch negatives contrasts the scans of the "
+                               f"global batch (all ranks) and needs at least 2: plans['configurations']"
+                               f"['{self.configuration_name}']['batch_size'] is {self.global_batch_size()}")
+        dataset_tr, dataset_val = self.pretraining_datasets()
         s = self.settings
-        view_settings = TwoViewSettings(min_overlap=s.min_overlap, num_anchors=s.num_anchors,
-                                        lesion_fraction=s.lesion_fraction, modality_dropout=s.modality_dropout,
-                                        candidate_threshold=s.candidate_threshold,
-                                        repeat_cases=s.cross_modality_positives)
-        directions = directions_from_channel_names(self.dataset_json["channel_names"])
+        kinds = channel_kinds(self.dataset_json["channel_names"])
+        schemes = self.configuration_manager.normalization_schemes
+        tmax_in_seconds = any(k == TMAX and schemes[i] == "NoNormalization" for i, k in enumerate(kinds))
+        view_settings = TwoViewSettings(min_overlap=s.min_overlap, view_scale=s.view_scale,
+                                        num_anchors=s.num_anchors, lesion_fraction=s.lesion_fraction,
+                                        modality_dropout=s.modality_dropout, rule=s.candidate_rule,
+                                        tmax_in_seconds=tmax_in_seconds, repeat_cases=s.cross_modality_positives,
+                                        partitions=self.view_partitions())
         mask_channels = [i for i, m in enumerate(self.configuration_manager.use_mask_for_norm) if m]
+        labeled = set().union(*self.do_split())  # cases with a mask: for the candidate log only
         loaders = [TwoViewDataLoader(ds, self.batch_size, initial_patch_size, patch_size, self.label_manager,
-                                     spatial, intensity, directions, view_settings, mask_channels)
+                                     spatial, intensity, kinds, view_settings, mask_channels,
+                                     reference_keys=labeled, reference_labels=self._reference_labels())
                    for ds in (dataset_tr, dataset_val)]
-        self.print_to_log_file(f"pretraining on {len(dataset_tr.identifiers)} scans "
-                               f"({0 if pool is None else len(pool.identifiers)} from the unlabeled pool)")
+        self.print_to_log_file(f"pretraining on {len(dataset_tr.identifiers)} scans ({len(pool_cases(self.dataset_json))}"
+                               f" in the unlabeled pool), validating on {len(dataset_val.identifiers)}; channel kinds "
+                               f"{kinds}, Tmax in seconds: {tmax_in_seconds}")
         mt_tr, mt_val = wrap_in_augmenters(*loaders, self.device)
         _ = next(mt_tr)
         _ = next(mt_val)
@@ -163,33 +262,61 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
         return dict(net.global_heads), dict(net.local_heads)
 
     def global_positive_groups(self, batch: dict) -> torch.Tensor | None:
-        """Extra positives of the coarse loss (``info_nce``'s ``positive_groups``): samples of the same case
-        with cross-modality positives, else none (SimCLR's in-batch negatives). GLCL overrides it."""
+        """Extra positives of the in-batch coarse loss (``info_nce``'s ``positive_groups``): samples of the
+        same case with cross-modality positives, else none (SimCLR's in-batch negatives). GLCL overrides it."""
         return _positive_groups(batch["keys"], self.device) if self.settings.cross_modality_positives else None
 
-    def _contrastive_step(self, batch: dict) -> dict[str, torch.Tensor]:
+    def _global_loss(self, z: torch.Tensor, b: int, stage: str, batch: dict, keys: dict | None,
+                     ids: torch.Tensor) -> ContrastResult:
+        """One stage's coarse loss: against the momentum keys and queue, or in-batch."""
+        s = self.settings
+        if keys is None:  # over the global batch (every rank's pairs)
+            return global_contrast(z[:b], z[b:], s.temperature, self.global_positive_groups(batch))
+        k1, k2 = gather_no_grad(keys[stage][:b]), gather_no_grad(keys[stage][b:])
+        all_ids = gather_no_grad(ids)
+        first = sum(distributed.rows_per_rank(b, z.device)[:distributed.rank()])  # ranks may hold 3 + 2
+        positive = first + torch.arange(b, device=z.device)
+        queue = self.queue[stage][:self.queue_size]
+        queue_ids = self.queue_ids[:self.queue_size]
+        cand_ids = torch.cat([all_ids, all_ids])
+        r1 = momentum_info_nce(z[:b], torch.cat([k2, k1]), cand_ids, ids, positive, queue, queue_ids, s.temperature,
+                               s.cross_modality_positives)
+        r2 = momentum_info_nce(z[b:], torch.cat([k1, k2]), cand_ids, ids, positive, queue, queue_ids, s.temperature,
+                               s.cross_modality_positives)
+        return _mean_results(r1, r2)
+
+    def _contrastive_step(self, batch: dict) -> dict:
         v1 = batch["view1"].to(self.device, non_blocking=True)
         v2 = batch["view2"].to(self.device, non_blocking=True)
         b = v1.shape[0]
         net = unwrap(self.network)  # gradients are averaged over ranks in clip_and_step, not by DDP hooks
         s = self.settings
         global_heads, local_heads = self.active_heads()
-        feats = net.features(torch.cat([v1, v2]), run_decoder=len(local_heads) > 0)
-        out: dict[str, torch.Tensor] = {}
+        views = torch.cat([v1, v2])
+        feats = net.features(views, run_decoder=len(local_heads) > 0)
+        out: dict = {}
         zero = v1.new_zeros(())
-        groups = self.global_positive_groups(batch) if global_heads else None
-        # each grain: the weighted sum of its stages' losses (weights from the settings, default the mean)
+        ids = case_ids(batch["keys"]).to(self.device)
+        keys = self.momentum_encoder(views, update_statistics=torch.is_grad_enabled()) \
+            if global_heads and self.momentum_encoder is not None else None
         global_loss = zero
+        global_stats: list[ContrastResult] = []
         for stage, head in global_heads.items():
             z = head(feats.encoder[int(stage)])
-            loss = global_info_nce(z[:b], z[b:], s.temperature, positive_groups=groups)  # all ranks
-            global_loss = global_loss + net.global_weights[stage] * loss
+            r = self._global_loss(z, b, stage, batch, keys, ids)
+            global_loss = global_loss + net.global_weights[stage] * r.loss
+            global_stats.append(r)
             out.setdefault("z1", z[:b].detach()), out.setdefault("z2", z[b:].detach())
         local_loss = zero
+        local_stats: list[ContrastResult] = []
         if local_heads:
             valid = batch["anchor_valid"].to(self.device)
             sample = torch.arange(b, device=self.device)[:, None].expand_as(valid)[valid]
             anchors1, anchors2 = batch["anchors1"].to(self.device)[valid], batch["anchors2"].to(self.device)[valid]
+            pseudo = batch["anchor_class"].to(self.device)[valid]
+            component = batch["anchor_component"].to(self.device)[valid]
+            spacing = torch.tensor(self.configuration_manager.spacing, dtype=torch.float32, device=self.device)
+            points = batch["anchor_points"].to(self.device)[valid] * spacing[-anchors1.shape[1]:]
             scales = net.decoder_scales
             for stage, head in local_heads.items():
                 scale = torch.tensor(scales[int(stage)], device=self.device)
@@ -202,12 +329,43 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
                 # one gather for both views: its backward writes a single map-sized gradient buffer
                 f = head.at(feats.decoder[int(stage)], samples, anchors)
                 f1, f2 = f[:m], f[m:]
-                local_loss = local_loss + net.local_weights[stage] * dense_info_nce(f1, f2, s.temperature)
+                r = local_contrast(f1, f2, sample[keep], pseudo[keep], component[keep], points[keep],
+                                   s.exclusion_radius_mm, s.temperature)
+                local_loss = local_loss + net.local_weights[stage] * r.loss
+                local_stats.append(r)
                 out.setdefault("f1", f1.detach()), out.setdefault("f2", f2.detach())
         out["global"] = global_loss
         out["local"] = local_loss
         out["loss"] = s.global_weight * out["global"] + s.local_weight * out["local"]
+        out["keys"], out["ids"] = keys, ids
+        for grain, stats in (("global", global_stats), ("local", local_stats)):
+            r = _mean_results(*stats) if stats else None
+            for name in DIAGNOSTICS:
+                out[f"{grain}_{name}"] = float("nan") if r is None else _diagnostic(r, name)
+        has_ref = batch["has_reference"].bool()
+        out["candidate_counts"] = batch["candidate_counts"][has_ref].sum(0).numpy() if has_ref.any() \
+            else np.zeros(3, dtype=np.int64)
         return out
+
+    @torch.no_grad()
+    def _enqueue(self, keys: dict[str, torch.Tensor], ids: torch.Tensor) -> None:
+        """Both views' keys of every rank (the same on every rank, so the queues stay identical)."""
+        new = {stage: gather_no_grad(k.float()) for stage, k in keys.items()}  # per rank: view 1, view 2
+        new_ids = gather_no_grad(torch.cat([ids, ids]))
+        length = self.settings.queue_length
+        n = min(new_ids.shape[0], length)
+        slots = (self.queue_ptr + torch.arange(n, device=self.queue_ids.device)) % length
+        for stage, k in new.items():
+            self.queue[stage][slots] = k[-n:].to(self.queue[stage].dtype)
+        self.queue_ids[slots] = new_ids[-n:].to(self.queue_ids.device)
+        self.queue_ptr = int((self.queue_ptr + n) % length)
+        self.queue_size = min(length, self.queue_size + n)
+
+    def _step_outputs(self, out: dict) -> dict:
+        result = {k: out[k].detach().float().cpu().numpy() for k in ("loss", "global", "local")}
+        result.update({f"{g}_{n}": out[f"{g}_{n}"] for g in ("global", "local") for n in DIAGNOSTICS})
+        result["candidate_counts"] = out["candidate_counts"]
+        return result
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
@@ -220,12 +378,15 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
             clip_and_step(self)
         else:  # no pair to contrast in this batch (e.g. no matched anchor at all): nothing to learn from
             self.print_to_log_file("WARNING: a training batch without contrastive pairs, step skipped")
-        return {k: out[k].detach().float().cpu().numpy() for k in ("loss", "global", "local")}
+        if self.momentum_encoder is not None and out["keys"] is not None:
+            self.momentum_encoder.update(unwrap(self.network), self.settings.momentum)
+            self._enqueue(out["keys"], out["ids"])
+        return self._step_outputs(out)
 
     def validation_step(self, batch: dict) -> dict:
-        with autocast_for(self.device):
+        with torch.no_grad(), autocast_for(self.device):
             out = self._contrastive_step(batch)
-        result = {k: out[k].float().cpu().numpy() for k in ("loss", "global", "local")}
+        result = self._step_outputs(out)
         # representation measures on the coarse embeddings, or the fine ones when there is no coarse head
         # (none at all when no decoder stage of this batch had two distinct anchor pairs)
         e1, e2 = (out["z1"], out["z2"]) if "z1" in out else (out.get("f1"), out.get("f2"))
@@ -234,27 +395,36 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
         return result
 
     # -- epoch bookkeeping -------------------------------------------------------------------------
-    def _grain(self, value: float, grain: str) -> float:
-        """A grain's loss, or NaN when the grain is off (weight 0, or not trained in this stage)."""
+    def _grain_active(self, grain: str) -> bool:
         global_heads, local_heads = self.active_heads()
         weight = self.settings.global_weight if grain == "global" else self.settings.local_weight
-        active = bool(global_heads if grain == "global" else local_heads)
-        return float(value) if weight > 0 and active else float("nan")
+        return weight > 0 and bool(global_heads if grain == "global" else local_heads)
+
+    def _grain(self, value: float, grain: str) -> float:
+        """A grain's value, or NaN when the grain is off (weight 0, or not trained in this stage)."""
+        return float(value) if self._grain_active(grain) else float("nan")
+
+    def _log_outputs(self, outputs: list[dict], split: str) -> None:
+        """Means over every rank's steps (as nnU-Net logs DDP losses); the same collectives on every rank."""
+        e = self.current_epoch
+        mean = distributed.mean_over_ranks
+        self.logger.log(f"{split}_losses", mean([float(o["loss"]) for o in outputs]), e)
+        for grain in ("global", "local"):
+            self.logger.log(f"{split}_{grain}_loss", self._grain(mean([float(o[grain]) for o in outputs]), grain), e)
+            for name in DIAGNOSTICS:
+                value = mean([o[f"{grain}_{name}"] for o in outputs if math.isfinite(o[f"{grain}_{name}"])])
+                self.logger.log(f"{split}_{grain}_{name}", self._grain(value, grain), e)
+        counts = distributed.gather_objects(np.sum([o["candidate_counts"] for o in outputs], axis=0))
+        tp, fp, fn = np.sum(counts, axis=0)
+        self.logger.log(f"{split}_candidate_precision", float(tp / (tp + fp)) if tp + fp else float("nan"), e)
+        self.logger.log(f"{split}_candidate_recall", float(tp / (tp + fn)) if tp + fn else float("nan"), e)
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
-        o = collate_outputs(train_outputs)
-        e = self.current_epoch
-        mean = distributed.mean_over_ranks  # every rank's iterations, as nnU-Net logs DDP losses
-        self.logger.log("train_losses", mean(o["loss"]), e)
-        self.logger.log("train_global_loss", self._grain(mean(o["global"]), "global"), e)
-        self.logger.log("train_local_loss", self._grain(mean(o["local"]), "local"), e)
+        self._log_outputs(train_outputs, "train")
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
         e = self.current_epoch
-        mean = distributed.mean_over_ranks
-        self.logger.log("val_losses", mean([o["loss"] for o in val_outputs]), e)
-        self.logger.log("val_global_loss", self._grain(mean([o["global"] for o in val_outputs]), "global"), e)
-        self.logger.log("val_local_loss", self._grain(mean([o["local"] for o in val_outputs]), "local"), e)
+        self._log_outputs(val_outputs, "val")
         with_pairs = [o for o in val_outputs if "e1" in o]
         # the representation measures over every rank's validation embeddings
         e1 = distributed.concatenate_over_ranks(np.concatenate([o["e1"] for o in with_pairs]) if with_pairs else [])
@@ -267,29 +437,34 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
         self.logger.log("alignment", float(alignment(e1, e2)), e)
         self.logger.log("uniformity", float(uniformity(torch.cat([e1, e2]))), e)
 
-    def on_epoch_end(self) -> None:
-        e = self.current_epoch
-        self.logger.log("epoch_end_timestamps", time(), e)
+    def log_epoch_summary(self) -> None:
         get = lambda k: self.logger.get_value(k, step=-1)  # noqa: E731
-        self.print_to_log_file(f"train_loss {get('train_losses'):.4f} (global {get('train_global_loss'):.4f}, "
-                               f"local {get('train_local_loss'):.4f})")
-        self.print_to_log_file(f"val_loss {get('val_losses'):.4f} (global {get('val_global_loss'):.4f}, "
-                               f"local {get('val_local_loss'):.4f})")
+        for split in ("train", "val"):
+            parts = []
+            for grain, name in (("global", "coarse"), ("local", "fine")):
+                if self._grain_active(grain):
+                    parts.append(f"{name} {get(f'{split}_{grain}_loss'):.4f} (ln candidates "
+                                 f"{get(f'{split}_{grain}_logc'):.3f}, top-1 {get(f'{split}_{grain}_acc'):.3f} vs chance "
+                                 f"{get(f'{split}_{grain}_chance'):.3f}, negatives/anchor {get(f'{split}_{grain}_neg'):.1f})")
+            self.print_to_log_file(f"{split}_loss {get(f'{split}_losses'):.4f}: " + "; ".join(parts))
+        self.print_to_log_file(f"lesion candidates vs masks (train): precision {get('train_candidate_precision'):.3f}, "
+                               f"recall {get('train_candidate_recall'):.3f}")
         self.print_to_log_file(f"alignment {get('alignment'):.4f}, uniformity {get('uniformity'):.4f}")
-        self.print_to_log_file(f"Epoch time: {get('epoch_end_timestamps') - get('epoch_start_timestamps'):.2f} s")
-        if (e + 1) % self.save_every == 0 and e != self.num_epochs - 1:
-            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
-        val = get("val_losses")
-        if self._best_val_loss is None or val < self._best_val_loss:
-            self._best_val_loss = val
-            self._best_ema = -val  # nnU-Net's checkpoint field: higher is better
-            self.print_to_log_file(f"New best validation loss: {val:.4f}")
-            self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
-        if self.local_rank == 0:
-            self.logger.plot_progress_png(self.output_folder)
-        self.current_epoch += 1
+
+    def selection_score(self) -> float:
+        """Validation ln(candidates) - loss, summed over the active grains with their weights."""
+        get = lambda k: self.logger.get_value(k, step=-1)  # noqa: E731
+        score = 0.0
+        for grain in ("global", "local"):
+            if self._grain_active(grain):
+                weight = self.settings.global_weight if grain == "global" else self.settings.local_weight
+                score += weight * (get(f"val_{grain}_logc") - get(f"val_{grain}_loss"))
+        return score
+
+    def after_epoch_end(self) -> None:
         reason = collapse_reason(self.uniformity_history(), self.settings)
         if reason is not None:
+            e = self.current_epoch - 1
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
             msg = (f"representation collapse: {reason}; training stopped after epoch {e}. Lower "
                    "mgcl.pretrain.initial_lr or raise mgcl.pretrain.temperature in the plans, then start again.")
@@ -301,15 +476,10 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
         stage's epochs, as each stage's heads start afresh)."""
         return self.logger.get_value("uniformity", step=None)
 
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        if self._best_ema is not None:
-            self._best_val_loss = -self._best_ema
-
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
         """Pretraining has no segmentation to validate: write the final representation measures."""
-        keys = ("train_losses", "val_losses", "train_global_loss", "train_local_loss", "val_global_loss",
-                "val_local_loss", "alignment", "uniformity")
+        keys = [k for k in ContrastiveLocalLogger.KEYS if k not in ("lrs", "epoch_start_timestamps",
+                                                                     "epoch_end_timestamps")]
         summary = {k: self.logger.get_value(k, step=-1) for k in keys if self.logger.get_value(k, step=None)}
         summary["epochs"] = len(self.logger.get_value("train_losses", step=None))
         summary.update(self.summary_extras())
@@ -326,7 +496,7 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
     # -- checkpoint --------------------------------------------------------------------------------
     def checkpoint_extras(self) -> dict:
         arch = self.configuration_manager.configuration["architecture"]
-        return {TRANSFER_KEY: {
+        extras = {TRANSFER_KEY: {
             "format": 1,
             "network_class_name": arch["network_class_name"],
             "arch_kwargs": arch["arch_kwargs"],
@@ -339,6 +509,29 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, CheckpointMixin, PlansBudge
             "patch_size": list(self.configuration_manager.patch_size),
             "spacing": list(self.configuration_manager.spacing),
         }}
+        if self.momentum_encoder is not None:
+            extras[MOMENTUM_KEY] = {"weights": self.momentum_encoder.state_dict(), "queue": dict(self.queue),
+                                    "queue_ids": self.queue_ids, "queue_size": self.queue_size,
+                                    "queue_ptr": self.queue_ptr}
+        return extras
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        if self.momentum_encoder is None:
+            return
+        ckpt = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False) \
+            if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
+        state = ckpt.get(MOMENTUM_KEY)
+        if state is None:  # a checkpoint without one (older, or -pretrained): start it from the online weights
+            self.momentum_encoder.update(unwrap(self.network), 0.0)
+            self.print_to_log_file(f"WARNING: no '{MOMENTUM_KEY}' in the checkpoint: momentum encoder restarted from "
+                                   "the online weights, queue empty")
+            return
+        self.momentum_encoder.load_state_dict(state["weights"])
+        for stage, q in state["queue"].items():
+            self.queue[stage].copy_(q.to(self.device))
+        self.queue_ids.copy_(state["queue_ids"].to(self.device))
+        self.queue_size, self.queue_ptr = int(state["queue_size"]), int(state["queue_ptr"])
 
 
 def collapse_reason(uniformity_history: list[float], settings: PretrainSettings) -> str | None:
@@ -373,6 +566,20 @@ def distinct_pairs(sample: torch.Tensor, voxels1: torch.Tensor, voxels2: torch.T
         first.scatter_reduce_(0, inverse, torch.arange(rows.shape[0], device=sample.device), reduce="amin")
         keep = keep[first.sort().values]
     return keep
+
+
+def _diagnostic(r: ContrastResult, name: str) -> float:
+    return {"acc": r.accuracy, "chance": r.chance, "logc": r.log_candidates, "neg": r.negatives}[name]
+
+
+def _mean_results(*results: ContrastResult) -> ContrastResult:
+    """The mean loss and diagnostics of several losses (both views as anchors, several stages)."""
+    n = len(results)
+    return ContrastResult(loss=sum(r.loss for r in results) / n, accuracy=sum(r.accuracy for r in results) / n,
+                          chance=sum(r.chance for r in results) / n,
+                          log_candidates=sum(r.log_candidates for r in results) / n,
+                          negatives=sum(r.negatives for r in results) / n,
+                          min_negatives=min(r.min_negatives for r in results))
 
 
 def _positive_groups(keys, device) -> torch.Tensor:

@@ -4,8 +4,9 @@
 (the stage machinery, :class:`StagedPretrainMixin`, is shared with Chaitanya et al.'s GLCL baseline):
 
 - **stage 1**, global contrast: InfoNCE between the two views' pooled, projected features at several
-  encoder depths (``mgcl.mmgl.global_stages``, default the three deepest), the other scans of the batch
-  as negatives; the per-depth losses are summed with ``global_scale_weights`` (default: equal weights
+  encoder depths (``mgcl.mmgl.global_stages``, default the three deepest), against MGCL's momentum
+  encoder and queue (one queue per depth; ``mgcl.pretrain.queue_length``, 0 for in-batch negatives as
+  in the paper; our choice, so that negatives do not depend on nnU-Net's batch of 2); the per-depth losses are summed with ``global_scale_weights`` (default: equal weights
   summing to 1). Only the encoder and the global heads are trained (the decoder is not even run).
 - **stage 2**, local contrast: dense InfoNCE between the two views' projected decoder features at
   matched anchor voxels (:mod:`nnunet_mgcl.data.two_view`), at several decoder depths
@@ -168,7 +169,6 @@ class StagedPretrainMixin:
         best-checkpoint record (the stages' losses are not comparable)."""
         self.stage, self.stage_start = stage, start_epoch
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
-        self._best_val_loss = None
         self._best_ema = None
         grain = "global" if stage == GLOBAL_STAGE else "local, encoder frozen"
         self.print_to_log_file(f"stage {stage} ({grain}) from epoch {start_epoch}: training "

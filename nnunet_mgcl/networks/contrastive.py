@@ -10,6 +10,9 @@ trainers; the heads (``global_heads.*``, ``local_heads.*``) are dropped there.
 """
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 
 from nnunet_mgcl.networks.heads import GlobalProjectionHead, LocalProjectionHead
@@ -47,3 +50,54 @@ class ContrastiveUNet(FeatureUNet):
                                            for s in self.global_weights})
         self.local_heads = nn.ModuleDict({s: LocalProjectionHead(dec[int(s)], hidden, dim)
                                           for s in self.local_weights})
+
+
+class MomentumEncoder(nn.Module):
+    """The key encoder of MoCo (He et al. 2020; v2 / v3): a copy of the online network's encoder and
+    global heads whose weights follow the online ones as an exponential moving average.
+
+    It is not part of the online network (not DDP-wrapped, not in ``network_weights``, never
+    transferred); the pretraining trainer keeps it, with its queue, in its own checkpoint entry. It runs
+    without gradients, its encoder in eval mode; the heads'
+    :class:`~nnunet_mgcl.networks.heads.RunningNorm` keeps statistics of *its own* features (updated by
+    training batches, ``update_statistics``), not the online heads': the key encoder lags the online one,
+    and online statistics applied to its features leave a common offset in every key, a different one
+    in each generation of the queue (our finding: the coarse loss then rose above ln(candidates)).
+    """
+
+    def __init__(self, network: ContrastiveUNet) -> None:
+        super().__init__()
+        self.encoder = copy.deepcopy(network.encoder)
+        self.global_heads = copy.deepcopy(network.global_heads)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "MomentumEncoder":
+        return super().train(False)  # always eval: see the class docstring
+
+    def _pairs(self, network: ContrastiveUNet):
+        return [(self.encoder, network.encoder), (self.global_heads, network.global_heads)]
+
+    @torch.no_grad()
+    def update(self, network: ContrastiveUNet, momentum: float) -> None:
+        """key = momentum * key + (1 - momentum) * online, parameter by parameter. ``momentum`` 0 copies
+        the online network, buffers (the heads' statistics) included."""
+        for mine, theirs in self._pairs(network):
+            for pk, pq in zip(mine.parameters(), theirs.parameters()):
+                pk.mul_(momentum).add_(pq.detach().to(pk.dtype), alpha=1.0 - momentum)
+            if momentum == 0:
+                for bk, bq in zip(mine.buffers(), theirs.buffers()):
+                    bk.copy_(bq)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, update_statistics: bool = False) -> dict[str, torch.Tensor]:
+        """Keys per global stage (keyed like ``global_heads``); ``update_statistics`` (training batches):
+        the heads' running statistics follow this batch's features."""
+        skips = self.encoder(x)
+        out = {}
+        for stage, head in self.global_heads.items():
+            head.norm.train(update_statistics)
+            out[stage] = head(skips[int(stage)])
+            head.norm.train(False)
+        return out

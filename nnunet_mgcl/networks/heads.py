@@ -10,9 +10,13 @@ seen as a coarse loss stuck at log(2N-1) and uniformity at 0):
   and non-linearity, the average depends on how channels co-vary within the scan, which instance
   normalisation leaves intact;
 - embeddings that start (nearly) identical sit at a saddle of InfoNCE with cosine similarity: the
-  gradient of the cosine between two equal vectors is zero. Batch normalisation of the pooled vectors
-  over the batch (both views; as in SimCLR's head) removes their common part, so the embeddings are
-  spread from the first step.
+  gradient of the cosine between two equal vectors is zero. Standardising the pooled vectors removes
+  their common part, so the embeddings are spread from the first step. We standardise with *running*
+  statistics (:class:`RunningNorm`), not with the current batch's as batch normalisation does: at
+  nnU-Net's batch of 2 a batch norm standardises 4 vectors (both views), which couples the samples of a
+  batch (each output depends on the others, a channel through which positives can be told apart
+  without looking at the scan) and is very noisy; running statistics over many batches remove the
+  common part without either (our choice).
 
 Chaitanya et al. flatten the map instead (their g1), which ties the head to one patch size; ours does not.
 
@@ -36,15 +40,50 @@ class ProjectionMLP(nn.Module):
         return self.net(x)
 
 
+class RunningNorm(nn.Module):
+    """Per-feature standardisation of (N, F) vectors by running mean and variance, with an affine map.
+
+    In training, the statistics are updated from the batch (exponential moving average with
+    ``momentum``; the first batch sets them), *then* applied, detached: no output depends on another
+    sample's gradient and the normalisation is the same function for every sample of a step. In eval
+    mode the statistics are only applied.
+    """
+
+    def __init__(self, features: int, momentum: float = 0.05, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                xf = x.detach().float()
+                mean = xf.mean(0)
+                var = xf.var(0, unbiased=False) if x.shape[0] > 1 else self.running_var
+                if int(self.num_batches_tracked) == 0:
+                    self.running_mean.copy_(mean)
+                    self.running_var.copy_(var)
+                else:
+                    self.running_mean.lerp_(mean, self.momentum)
+                    self.running_var.lerp_(var, self.momentum)
+                self.num_batches_tracked += 1
+        scale = torch.rsqrt(self.running_var + self.eps).to(x.dtype)
+        return (x - self.running_mean.to(x.dtype)) * scale * self.weight + self.bias
+
+
 class GlobalProjectionHead(nn.Module):
-    """(B, C, *spatial) feature map -> (B, out): first layer per voxel, average over voxels, batch
-    normalisation, second layer."""
+    """(B, C, *spatial) feature map -> (B, out): first layer per voxel, average over voxels, running
+    standardisation (:class:`RunningNorm`), second layer."""
 
     def __init__(self, in_features: int, hidden: int, out: int) -> None:
         super().__init__()
         self.first = nn.Linear(in_features, hidden)
         self.act = nn.LeakyReLU(inplace=True)
-        self.norm = nn.BatchNorm1d(hidden)
+        self.norm = RunningNorm(hidden)
         self.second = nn.Linear(hidden, out)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
