@@ -47,6 +47,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from label_efficiency import setup_folders  # the paired protocol's; this script lies beside it
+
 logger = logging.getLogger("label_efficiency")
 
 
@@ -98,20 +100,6 @@ ARMS = {
 }
 DATASET_ID, NAME, CFG = 980, "LabelEfficiency", "3d_fullres"
 METRICS = ("dice", "lesion_f1", "avd_ml")
-
-
-def setup_folders(work: Path) -> dict[str, Path]:
-    folders = {k: work / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for key, path in folders.items():
-        path.mkdir(parents=True, exist_ok=True)
-        os.environ[key] = str(path)
-    os.environ.setdefault("nnUNet_n_proc_DA", "0")
-    os.environ.setdefault("nnUNet_compile", "f")
-    os.environ.setdefault("nnUNet_def_n_proc", "1")
-    from nnunet_mgcl.discovery import ensure_ext_trainer_env
-
-    ensure_ext_trainer_env()
-    return folders
 
 
 def prepare(work: Path, size: Size, cohort_seed: int, device: str) -> str:
