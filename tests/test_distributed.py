@@ -50,6 +50,7 @@ def _entry(rank: int, fn, world: int, port: int, *args) -> None:
                             timeout=timedelta(seconds=TIMEOUT_S))
     try:
         fn(rank, world, *args)
+        dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
 
