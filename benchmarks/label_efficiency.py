@@ -30,12 +30,12 @@ geometry with nnU-Net's own export and scored against the raw label.
 **Arms** (:data:`ARMS`; one row each, a new arm is one line): ``nnU-Net``; ``A/A`` (nnU-Net, training
 seed + :data:`AA_SEED_OFFSET`: the noise floor); ``multi-task`` (our multi-task trainer from scratch);
 the pretrainings (``MGCL``, ``MGCL coarse``, ``MGCL fine``, ``MMGL init``, ``MMGL``, ``SimCLR``,
-``GLCL``), each fine-tuned at the same budget; and the positive control ``supervised init``
-(nnU-Net initialised from nnU-Net trained on *all* training labels, every centre: it must beat
-nnU-Net, or the phantom cannot reward what the few labels miss). The second positive control of
-issue #13, a label-free pseudo-label pretraining (DWI-bright, ADC-dark parenchyma as targets), waits
-for the candidate rule of issue #14: it is one row, ``"pseudo-label": Arm("nnUNetTrainerPlansBudget",
-"<its pretraining trainer>")``.
+``GLCL``), each fine-tuned at the same budget; and two positive controls, which must beat nnU-Net or
+the phantom cannot reward what the few labels miss: ``supervised init`` (nnU-Net initialised from
+nnU-Net trained on *all* training labels, every centre) and ``pseudo-label`` (nnU-Net initialised from
+:class:`~nnunet_mgcl.trainers.pseudo_label_pretrain.nnUNetTrainerPseudoLabelPretrain`: nnU-Net's own
+training on the training scans and the pool with label-free targets, DWI-bright and ADC-dark
+parenchyma).
 
 **Analysis** (:mod:`nnunet_mgcl.evaluation.bootstrap`): per point, per-case paired differences of
 each arm to nnU-Net, hierarchical bootstrap 95 % interval (replicates, then cases), verdict, the A/A
@@ -127,6 +127,7 @@ ARMS = {
     "nnU-Net": Arm("nnUNetTrainerPlansBudget"),
     "A/A": Arm("nnUNetTrainerPlansBudget", seed_offset=AA_SEED_OFFSET),
     "supervised init": Arm("nnUNetTrainerPlansBudget", SUPERVISED),
+    "pseudo-label": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerPseudoLabelPretrain"),
     "multi-task": Arm("nnUNetTrainerMGCL", plans_suffix="NoPretraining"),
     "MGCL": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain"),
     "MGCL coarse": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain_coarse"),
@@ -136,8 +137,10 @@ ARMS = {
     "SimCLR": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerSimCLRPretrain"),
     "GLCL": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerGLCLPretrain"),
 }
-CORE_ARMS = ("nnU-Net", "A/A", "supervised init", "MGCL")
+CORE_ARMS = ("nnU-Net", "A/A", "supervised init", "pseudo-label", "MGCL")
 BASELINE = "nnU-Net"
+#: arms that must beat nnU-Net for the phantom to reward unlabeled data (issue #13: at least one of them)
+POSITIVE_CONTROLS = ("supervised init", "pseudo-label")
 METRICS = {"dice": True, "lesion_f1": True, "avd_ml": False}  # name -> higher is better
 
 
@@ -432,9 +435,11 @@ def analyse(result: dict, n_boot: int = 10000) -> dict:
 
             cell["aa_covers_zero"] = aa_check(PairedResult(**aa))
             cell["mdd_dice"] = aa["mdd"]
-        sup = cell["arms"].get("supervised init", {}).get("dice", {}).get("vs_nnunet")
-        if sup is not None:
-            cell["positive_control_separates"] = sup["verdict"] == "better"
+        controls = {arm: cell["arms"][arm]["dice"]["vs_nnunet"]["verdict"] == "better"
+                    for arm in POSITIVE_CONTROLS if arm in cell["arms"]}
+        if controls:
+            cell["positive_controls"] = controls
+            cell["positive_control_separates"] = any(controls.values())
         out[point] = cell
     out["n_positive_test"], out["n_lesion_free_test"] = len(positive), len(negative)
     return out
@@ -456,8 +461,9 @@ def markdown(result: dict) -> str:
         lines += [f"**{label}** ({len(cell['replicates'])} replicates)"
                   + (f"; A/A interval covers 0: {'yes' if cell['aa_covers_zero'] else 'NO'}; minimal detectable "
                      f"Dice difference {cell['mdd_dice']:.3f}" if "aa_covers_zero" in cell else "")
-                  + (f"; supervised positive control separates: {'yes' if cell['positive_control_separates'] else 'no'}"
-                     if "positive_control_separates" in cell else ""), "",
+                  + ("; positive controls better than nnU-Net: " + ", ".join(
+                      f"{arm} {'yes' if ok else 'no'}" for arm, ok in cell["positive_controls"].items())
+                     if "positive_controls" in cell else ""), "",
                   "| arm | R | Dice [95 % CI] | Δ Dice vs nnU-Net [95 % CI] | verdict | Δ lesion F1 | Δ AVD (mL) "
                   "| FP rate |",
                   "|---|---|---|---|---|---|---|---|"]

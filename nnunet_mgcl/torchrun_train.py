@@ -103,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         train(parse_args(argv))
+        distributed.barrier()  # no rank tears the group down while another still talks to it (gloo aborts)
     finally:
         distributed.destroy_process_group()
     return 0

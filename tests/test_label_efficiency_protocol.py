@@ -60,16 +60,16 @@ def test_analysis_separates_a_real_effect_and_passes_the_aa_check():
     rng = np.random.default_rng(1)
     case_level = {c: rng.uniform(0.3, 0.7) for c in cases}
     rep_level = rng.normal(0, 0.03, size=8)
-    noise = {(a, c, r): rng.normal(0, 0.02) for a in ("nnU-Net", "A/A", "supervised init") for c in cases
-             for r in range(8)}
-    shift = {"nnU-Net": 0.0, "A/A": 0.0, "supervised init": 0.08}
+    shift = {"nnU-Net": 0.0, "A/A": 0.0, "supervised init": 0.08, "pseudo-label": -0.001}
+    noise = {(a, c, r): rng.normal(0, 0.02) for a in shift for c in cases for r in range(8)}
     runs = [_run(a, "2", r, cases, lambda c, r, a=a: case_level[c] + rep_level[r] + shift[a] + noise[(a, c, r)])
             for a in shift for r in range(8)]
     result = {"cases": cases, "runs": runs, "labeled_sets": {"2": [["x", "y"]] * 8, "all": [["x"] * 6]}}
     a = le.analyse(result, n_boot=2000)
     cell = a["2"]
     assert cell["aa_covers_zero"] is True
-    assert cell["positive_control_separates"] is True
+    assert cell["positive_controls"] == {"supervised init": True, "pseudo-label": False}
+    assert cell["positive_control_separates"] is True  # one control that separates is enough
     sup = cell["arms"]["supervised init"]
     assert sup["dice"]["vs_nnunet"]["verdict"] == "better"
     assert sup["avd_ml"]["vs_nnunet"]["verdict"] == "better"  # lower is better: the sign is read the right way
@@ -79,4 +79,5 @@ def test_analysis_separates_a_real_effect_and_passes_the_aa_check():
     assert a["n_positive_test"] == 35 and a["n_lesion_free_test"] == 5
     result["analysis"] = a
     table = le.markdown(result)
+    assert "positive controls better than nnU-Net: supervised init yes, pseudo-label no" in table
     assert "A/A interval covers 0: yes" in table and "| supervised init | 8 |" in table and "better" in table

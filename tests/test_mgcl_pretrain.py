@@ -24,7 +24,6 @@ from nnunet_mgcl.trainers.mgcl_pretrain import (
     TRANSFER_KEY,
     case_ids,
     collapse_reason,
-    held_out_pool,
 )
 
 
@@ -151,16 +150,6 @@ def test_ablations_build_one_grain(tiny_dataset, cls, global_heads, local_heads)
 ])
 def test_collapse_detection(history, stops):
     assert (collapse_reason(history, PretrainSettings()) is not None) == stops
-
-
-def test_held_out_pool_scans_are_stable_and_leave_scans_to_train_on():
-    pool = [f"case{i:03d}" for i in range(20)]
-    held = held_out_pool(pool, 0.2)
-    assert len(held) == 4 and set(held) <= set(pool)
-    assert held_out_pool(list(reversed(pool)), 0.2) == held                 # independent of the order
-    assert set(held_out_pool(pool + ["extra"], 0.2)) & set(held)            # mostly the same when the pool grows
-    assert held_out_pool(["a"], 0.2) == [] and len(held_out_pool(["a", "b"], 0.9)) == 1
-    assert held_out_pool(pool, 0.0) == []
 
 
 def test_case_ids_are_stable_integers():

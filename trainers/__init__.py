@@ -14,6 +14,7 @@ from nnunet_mgcl.trainers.mgcl_pretrain import (
 from nnunet_mgcl.trainers.mmgl import nnUNetTrainerMMGL
 from nnunet_mgcl.trainers.mmgl_pretrain import nnUNetTrainerMMGLPretrain
 from nnunet_mgcl.trainers.plans_budget import nnUNetTrainerPlansBudget
+from nnunet_mgcl.trainers.pseudo_label_pretrain import nnUNetTrainerPseudoLabelPretrain
 from nnunet_mgcl.trainers.simclr_pretrain import nnUNetTrainerSimCLRPretrain
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "nnUNetTrainerMMGLPretrain",
     "nnUNetTrainerSimCLRPretrain",
     "nnUNetTrainerGLCLPretrain",
+    "nnUNetTrainerPseudoLabelPretrain",
     "nnUNetTrainerMGCL",
     "nnUNetTrainerMGCL_noMRFF",
     "nnUNetTrainerMMGL",

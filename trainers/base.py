@@ -8,9 +8,12 @@ from time import time
 from typing import ClassVar
 
 import torch
+from nnunetv2.paths import nnUNet_raw
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mgcl import distributed
 from nnunet_mgcl.checkpoints import atomic_torch_save, to_cpu
+from nnunet_mgcl.data.pool import CombinedDataset, ensure_preprocessed_pool, held_out_pool, pool_cases
 from nnunet_mgcl.distributed import ReplicatedModule, unwrap
 from nnunet_mgcl.settings import budget
 
@@ -150,6 +153,54 @@ class CheckpointMixin(DistributedMixin):
             **self.checkpoint_extras(),
         }
         atomic_torch_save(to_cpu(checkpoint), filename)
+
+
+class UnlabeledPoolMixin:
+    """Training and validation datasets of a trainer that learns from unlabeled scans: the fold's scans
+    plus the unlabeled pool (:mod:`nnunet_mgcl.data.pool`), validating on pool scans it never trains on.
+
+    With a pool of >= 2 scans, :func:`~nnunet_mgcl.data.pool.held_out_pool` holds ``val_pool_fraction``
+    of it out; validation runs on them (with a fold other than ``all``, on the fold's validation cases
+    too). Without a pool to hold out and with fold ``all``, validation falls back to the training scans,
+    with a warning in the log.
+    """
+
+    def _pool_dataset(self, identifiers: list[str]):
+        raw = join(nnUNet_raw, self.plans_manager.dataset_name) if nnUNet_raw.is_set() else None
+
+        def prepare():
+            return ensure_preprocessed_pool(raw, self.preprocessed_dataset_folder_base, self.plans_manager,
+                                            self.configuration_manager, self.dataset_json)
+
+        if distributed.rank() == 0:  # one rank writes the pool, the others read it after the barrier
+            prepare()
+        distributed.barrier()
+        folder = prepare()
+        if self.dataset_class is None:
+            from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        return self.dataset_class(str(folder), identifiers)
+
+    def pretraining_datasets(self, val_pool_fraction: float):
+        """(training, validation) datasets: the fold's and the pool's scans (class docstring)."""
+        dataset_tr, dataset_val = nnUNetTrainer.get_tr_and_val_datasets(self)  # a subclass may wrap it
+        pool = pool_cases(self.dataset_json)
+        held = held_out_pool(pool, val_pool_fraction)
+        if held:
+            train_pool = self._pool_dataset([k for k in pool if k not in held])
+            val_pool = self._pool_dataset(held)
+            dataset_val = val_pool if self.fold == "all" else CombinedDataset(dataset_val, val_pool)
+            dataset_tr = CombinedDataset(dataset_tr, train_pool)
+            self.print_to_log_file(f"validation on {len(held)} held-out pool scans: {held}")
+        else:
+            if pool:
+                dataset_tr = CombinedDataset(dataset_tr, self._pool_dataset(pool))
+            if self.fold == "all":
+                dataset_val = dataset_tr
+                self.print_to_log_file("WARNING: no pool scan to hold out (val_pool_fraction or a pool of < 2 "
+                                       "scans): validation runs on the training scans")
+        return dataset_tr, dataset_val
 
 
 class EpochEndMixin:

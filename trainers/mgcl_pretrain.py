@@ -58,14 +58,13 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mgcl import distributed
 from nnunet_mgcl.data.augmentation import split_transforms
-from nnunet_mgcl.data.candidates import TMAX, channel_kinds
-from nnunet_mgcl.data.pool import CombinedDataset, ensure_preprocessed_pool, pool_cases
+from nnunet_mgcl.data.candidates import channel_kinds, tmax_in_seconds
+from nnunet_mgcl.data.pool import pool_cases
 from nnunet_mgcl.data.two_view import TwoViewDataLoader, TwoViewSettings
 from nnunet_mgcl.distributed import gather_no_grad, unwrap
 from nnunet_mgcl.losses import (ContrastResult, alignment, global_contrast, is_collapsed, local_contrast,
@@ -74,7 +73,8 @@ from nnunet_mgcl.networks.contrastive import ContrastiveUNet, MomentumEncoder
 from nnunet_mgcl.progress import ContrastiveLocalLogger
 from nnunet_mgcl.settings import PretrainSettings, pretrain_settings
 from nnunet_mgcl.trainers.base import (CheckpointMixin, EpochEndMixin, PlansBudgetMixin, SeededTrainingMixin,
-                                       autocast_for, clip_and_step, scaled_backward, wrap_in_augmenters)
+                                       UnlabeledPoolMixin, autocast_for, clip_and_step, scaled_backward,
+                                       wrap_in_augmenters)
 from nnunet_mgcl.transfer import METADATA_KEY
 
 TRANSFER_KEY = METADATA_KEY  # read back by nnunet_mgcl.transfer.load_pretrained
@@ -94,19 +94,8 @@ def case_ids(keys) -> torch.Tensor:
                                         signed=True) for k in keys], dtype=torch.long)
 
 
-def held_out_pool(identifiers: list[str], fraction: float) -> list[str]:
-    """The pool scans that pretraining validates on: ``fraction`` of them (at least 1, and at least 1 left
-    to train on when there are 2 or more), chosen by a hash of the identifier (our choice: the same
-    scans whatever the seed, the order or the other cases, so that validation never sees a training scan
-    across runs and resumes)."""
-    if len(identifiers) < 2 or fraction <= 0:
-        return []
-    n = min(len(identifiers) - 1, max(1, round(fraction * len(identifiers))))
-    ranked = sorted(identifiers, key=lambda k: hashlib.blake2b(k.encode(), digest_size=8).digest())
-    return sorted(ranked[:n])
-
-
-class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, EpochEndMixin, CheckpointMixin, PlansBudgetMixin, nnUNetTrainer):
+class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, EpochEndMixin, CheckpointMixin, PlansBudgetMixin,
+                                UnlabeledPoolMixin, nnUNetTrainer):
     #: our train step ends in clip_and_step, which averages the gradients over ranks (DistributedMixin)
     replicate_without_ddp: ClassVar[bool] = True
     #: settings a trainer variant fixes on top of the plans (the ablations switch a grain off)
@@ -172,39 +161,6 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, EpochEndMixin, CheckpointMi
             self.momentum_encoder.update(unwrap(self.network), 0.0)
 
     # -- data --------------------------------------------------------------------------------------
-    def _pool_dataset(self, identifiers: list[str]):
-        raw = join(nnUNet_raw, self.plans_manager.dataset_name) if nnUNet_raw.is_set() else None
-
-        def prepare():
-            return ensure_preprocessed_pool(raw, self.preprocessed_dataset_folder_base, self.plans_manager,
-                                            self.configuration_manager, self.dataset_json)
-
-        if distributed.rank() == 0:  # one rank writes the pool, the others read it after the barrier
-            prepare()
-        distributed.barrier()
-        folder = prepare()
-        return self.dataset_class(str(folder), identifiers)
-
-    def pretraining_datasets(self):
-        """(training, validation) datasets: validation on held-out pool scans (module docstring)."""
-        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
-        pool = pool_cases(self.dataset_json)
-        held = held_out_pool(pool, self.settings.val_pool_fraction)
-        if held:
-            train_pool = self._pool_dataset([k for k in pool if k not in held])
-            val_pool = self._pool_dataset(held)
-            dataset_val = val_pool if self.fold == "all" else CombinedDataset(dataset_val, val_pool)
-            dataset_tr = CombinedDataset(dataset_tr, train_pool)
-            self.print_to_log_file(f"validation on {len(held)} held-out pool scans: {held}")
-        else:
-            if pool:
-                dataset_tr = CombinedDataset(dataset_tr, self._pool_dataset(pool))
-            if self.fold == "all":
-                dataset_val = dataset_tr
-                self.print_to_log_file("WARNING: no pool scan to hold out (mgcl.pretrain.val_pool_fraction or a "
-                                       "pool of < 2 scans): validation runs on the training scans")
-        return dataset_tr, dataset_val
-
     def view_partitions(self) -> int:
         """Partitions the loader spreads a batch over (0: none; GLCL's G^D sets them)."""
         return 0
@@ -230,15 +186,14 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, EpochEndMixin, CheckpointMi
             raise RuntimeError(f"the coarse-grained (global) loss with in-batch negatives contrasts the scans of the "
                                f"global batch (all ranks) and needs at least 2: plans['configurations']"
                                f"['{self.configuration_name}']['batch_size'] is {self.global_batch_size()}")
-        dataset_tr, dataset_val = self.pretraining_datasets()
+        dataset_tr, dataset_val = self.pretraining_datasets(self.settings.val_pool_fraction)
         s = self.settings
         kinds = channel_kinds(self.dataset_json["channel_names"])
-        schemes = self.configuration_manager.normalization_schemes
-        tmax_in_seconds = any(k == TMAX and schemes[i] == "NoNormalization" for i, k in enumerate(kinds))
+        in_seconds = tmax_in_seconds(kinds, self.configuration_manager.normalization_schemes)
         view_settings = TwoViewSettings(min_overlap=s.min_overlap, view_scale=s.view_scale,
                                         num_anchors=s.num_anchors, lesion_fraction=s.lesion_fraction,
                                         modality_dropout=s.modality_dropout, rule=s.candidate_rule,
-                                        tmax_in_seconds=tmax_in_seconds, repeat_cases=s.cross_modality_positives,
+                                        tmax_in_seconds=in_seconds, repeat_cases=s.cross_modality_positives,
                                         partitions=self.view_partitions())
         mask_channels = [i for i, m in enumerate(self.configuration_manager.use_mask_for_norm) if m]
         labeled = set().union(*self.do_split())  # cases with a mask: for the candidate log only
@@ -248,7 +203,7 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, EpochEndMixin, CheckpointMi
                    for ds in (dataset_tr, dataset_val)]
         self.print_to_log_file(f"pretraining on {len(dataset_tr.identifiers)} scans ({len(pool_cases(self.dataset_json))}"
                                f" in the unlabeled pool), validating on {len(dataset_val.identifiers)}; channel kinds "
-                               f"{kinds}, Tmax in seconds: {tmax_in_seconds}")
+                               f"{kinds}, Tmax in seconds: {in_seconds}")
         mt_tr, mt_val = wrap_in_augmenters(*loaders, self.device)
         _ = next(mt_tr)
         _ = next(mt_val)

@@ -64,6 +64,12 @@ def channel_kinds(channel_names: Mapping[str, str] | Sequence[str]) -> list[str]
     return out
 
 
+def tmax_in_seconds(kinds: Sequence[str], normalization_schemes: Sequence[str]) -> bool:
+    """Whether a delay channel reaches the rule in seconds: the plans leave it unnormalised
+    (``NoNormalization``), so the absolute ``tmax_seconds`` threshold applies."""
+    return any(k == TMAX and scheme == "NoNormalization" for k, scheme in zip(kinds, normalization_schemes))
+
+
 @dataclass(frozen=True)
 class CandidateRule:
     """Thresholds of :func:`candidate_classes` (robust z over parenchyma unless said otherwise; our

@@ -11,6 +11,7 @@ run never leaves a half-written case behind.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -106,3 +107,15 @@ class CombinedDataset:
 
     def __getitem__(self, identifier: str):
         return self.load_case(identifier)
+
+
+def held_out_pool(identifiers: list[str], fraction: float) -> list[str]:
+    """The pool scans that pretraining validates on: ``fraction`` of them (at least 1, and at least 1 left
+    to train on when there are 2 or more), chosen by a hash of the identifier (our choice: the same
+    scans whatever the seed, the order or the other cases, so that validation never sees a training scan
+    across runs and resumes)."""
+    if len(identifiers) < 2 or fraction <= 0:
+        return []
+    n = min(len(identifiers) - 1, max(1, round(fraction * len(identifiers))))
+    ranked = sorted(identifiers, key=lambda k: hashlib.blake2b(k.encode(), digest_size=8).digest())
+    return sorted(ranked[:n])
