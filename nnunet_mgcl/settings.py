@@ -118,7 +118,8 @@ class PretrainSettings:
     - ``initial_lr`` 1e-3, ``weight_decay`` 1e-4 with AdamW (Chaitanya et al. pretrain with Adam 1e-3)
       and nnU-Net's polynomial decay.
     - ``collapse_patience`` 3: epochs in a row with a collapsed representation (uniformity near its
-      worst value, see :func:`nnunet_mgcl.losses.is_collapsed`) before training stops, once the
+      worst value, see :func:`nnunet_mgcl.losses.is_collapsed`, and validation retrieval near chance,
+      see :func:`nnunet_mgcl.trainers.mgcl_pretrain.collapse_reason`) before training stops, once the
       representation had spread out, or after ``collapse_warmup`` 10 epochs if it never did (a newly
       initialised network starts collapsed).
     """

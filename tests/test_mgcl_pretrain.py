@@ -152,6 +152,16 @@ def test_collapse_detection(history, stops):
     assert (collapse_reason(history, PretrainSettings()) is not None) == stops
 
 
+def test_a_narrow_cone_that_still_retrieves_its_positives_is_not_collapse():
+    narrow = [-0.07] * 10  # uniformity near its worst value for the whole warm-up
+    assert collapse_reason(narrow, PretrainSettings(), [250.0] * 10) is None  # 250x chance: it learns
+    assert collapse_reason(narrow, PretrainSettings(), [1.0] * 10) is not None  # at chance: collapsed
+    assert collapse_reason(narrow, PretrainSettings(), [float("nan")] * 10) is not None  # unmeasured
+    # retrieval recorded for the last epochs only (a staged trainer): aligned with the end
+    assert collapse_reason([-2.0, -2.0] + [-0.05] * 3, PretrainSettings(), [1.0, 1.0, 1.0]) is not None
+    assert collapse_reason([-2.0, -2.0] + [-0.05] * 3, PretrainSettings(), [1.0, 50.0, 1.0]) is None
+
+
 def test_case_ids_are_stable_integers():
     ids = case_ids(["a", "b", "a"])
     assert ids.dtype == torch.long and ids[0] == ids[2] and ids[0] != ids[1]

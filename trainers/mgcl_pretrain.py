@@ -28,8 +28,9 @@ log). Logged per epoch and drawn in ``progress.png``: both losses against ln(can
 random embeddings), top-1 positive-retrieval accuracy against its chance level, negatives per anchor
 (an anchor without negative raises :class:`~nnunet_mgcl.losses.NoNegatives`), lesion-candidate
 precision and recall against the masks of labeled training cases (read for the log only), alignment
-and uniformity. A representation that stays collapsed for ``collapse_patience`` epochs stops training
-with :class:`RepresentationCollapse`. The best checkpoint maximises, over the active grains, the
+and uniformity. A representation that stays collapsed (uniformity near its worst value and validation
+retrieval near chance, :func:`collapse_reason`) for ``collapse_patience`` epochs stops training with
+:class:`RepresentationCollapse`. The best checkpoint maximises, over the active grains, the
 validation ln(candidates) minus loss (the nats gained over chance: unlike the loss, it stays comparable
 while the queue fills; our choice).
 
@@ -417,7 +418,7 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, EpochEndMixin, CheckpointMi
         return score
 
     def after_epoch_end(self) -> None:
-        reason = collapse_reason(self.uniformity_history(), self.settings)
+        reason = collapse_reason(self.uniformity_history(), self.settings, self.retrieval_history())
         if reason is not None:
             e = self.current_epoch - 1
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
@@ -425,6 +426,21 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, EpochEndMixin, CheckpointMi
                    "mgcl.pretrain.initial_lr or raise mgcl.pretrain.temperature in the plans, then start again.")
             self.print_to_log_file(msg)
             raise RepresentationCollapse(msg)
+
+    def retrieval_history(self) -> list[float]:
+        """Per epoch, the best validation top-1 retrieval over its chance level among the active grains
+        (NaN where none was measured): the collapse check's second signal."""
+        ratios = []
+        for grain in ("global", "local"):
+            if self._grain_active(grain):
+                acc = self.logger.get_value(f"val_{grain}_acc", step=None)
+                chance = self.logger.get_value(f"val_{grain}_chance", step=None)
+                ratios.append([a / c if c and c > 0 else float("nan") for a, c in zip(acc, chance)])
+        if not ratios:
+            return []
+        n = min(len(r) for r in ratios)
+        return [float(np.nanmax([r[len(r) - n + i] for r in ratios])) if any(np.isfinite(r[len(r) - n + i])
+                for r in ratios) else float("nan") for i in range(n)]
 
     def uniformity_history(self) -> list[float]:
         """The uniformity values the collapse check looks at: every epoch (the staged trainers: the current
@@ -489,12 +505,33 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, EpochEndMixin, CheckpointMi
         self.queue_size, self.queue_ptr = int(state["queue_size"]), int(state["queue_ptr"])
 
 
-def collapse_reason(uniformity_history: list[float], settings: PretrainSettings) -> str | None:
-    """Why training should stop, or None: uniformity near its worst value (0) for ``collapse_patience``
-    epochs in a row, after the representation had spread out once, or still after
-    ``collapse_warmup`` epochs (a freshly initialised network starts near 0 and needs a few epochs).
+#: validation top-1 retrieval at or above this multiple of its chance level means the embeddings still
+#: tell positives from negatives, whatever their uniformity (our choice: with 8 validation queries at a
+#: chance of 1/800, one lucky hit, a ratio of 100, has a probability of 1 %; 10x chance is far from it
+#: for a representation that retrieves nothing and far below the 100-300x of a learning one)
+RETRIEVAL_ALIVE_RATIO = 10.0
+
+
+def collapse_reason(uniformity_history: list[float], settings: PretrainSettings,
+                    retrieval_history: list[float] | None = None) -> str | None:
+    """Why training should stop, or None: epochs that are collapsed (uniformity near its worst value 0,
+    :func:`~nnunet_mgcl.losses.is_collapsed`, **and** validation retrieval below
+    :data:`RETRIEVAL_ALIVE_RATIO` times chance) for ``collapse_patience`` epochs in a row, after the
+    representation had spread out once, or still after ``collapse_warmup`` epochs (a freshly
+    initialised network starts near 0 and needs a few epochs).
+
+    ``retrieval_history``: per epoch, the best validation top-1 accuracy over chance of the active
+    grains, aligned with the last entries of ``uniformity_history`` (None: uniformity alone). Why both:
+    embeddings that sit in a narrow cone (uniformity near 0, common early in momentum-contrast
+    training, whose temperature magnifies small angles) but still retrieve their positives hundreds of
+    times above chance have not collapsed; a collapsed representation cannot retrieve.
     """
-    collapsed = [is_collapsed(u) for u in uniformity_history]
+    alive = [False] * len(uniformity_history)
+    if retrieval_history:
+        tail = list(retrieval_history)[-len(uniformity_history):]
+        for i, ratio in enumerate(tail, start=len(uniformity_history) - len(tail)):
+            alive[i] = bool(np.isfinite(ratio) and ratio >= RETRIEVAL_ALIVE_RATIO)
+    collapsed = [is_collapsed(u) and not a for u, a in zip(uniformity_history, alive)]
     trailing = len(collapsed) - next((i + 1 for i in range(len(collapsed) - 1, -1, -1) if not collapsed[i]), 0)
     if trailing < settings.collapse_patience:
         return None
