@@ -64,26 +64,29 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_mgcl.dataset_conversion.common import (
-    REASON_UNLABELED,
-    REASON_UNPAIRED,
-    ConversionSummary,
-    DatasetWriter,
-    assign_case_ids,
+from nnunet_mgcl.dataset_conversion.ids import assign_case_ids, normalize_name
+from nnunet_mgcl.dataset_conversion.images import (
     check_same_grid,
-    for_each_case,
     grid_difference,
     image_from_array,
     index_nifti_files,
-    log_dry_run,
     nifti_stem,
-    normalize_name,
-    parse_optional_int,
     read_image,
     read_mask,
-    read_table_strict,
     resample_like,
 )
+from nnunet_mgcl.dataset_conversion.summary import (
+    GROUP_POOL,
+    GROUP_TEST,
+    GROUP_TRAIN,
+    REASON_UNLABELED,
+    REASON_UNPAIRED,
+    ConversionSummary,
+    for_each_case,
+    log_dry_run,
+)
+from nnunet_mgcl.dataset_conversion.tables import parse_optional_int, read_table_strict
+from nnunet_mgcl.dataset_conversion.writer import DatasetWriter
 from nnunet_mgcl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -121,8 +124,6 @@ SCORE_CLASSES = {str(k): f"total CSVD score {k} (Staals 2014)" for k in range(5)
 LACUNE_MIN_VOLUME_MM3 = 4.0 / 3.0 * math.pi * 1.5 ** 3   # a sphere of 3 mm diameter (STRIVE: lacunes 3-15 mm)
 EPVS_GRADE2_MIN_COUNT = 11                               # grade >= 2 = more than 10 EPVS (Doubal scale)
 WMH_POINT_ML = 10.0
-
-GROUP_TRAIN, GROUP_TEST, GROUP_POOL = "train", "test", "pool"
 
 
 # ------------------------------------------------------------------------------------------------

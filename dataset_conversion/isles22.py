@@ -57,21 +57,19 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_mgcl.dataset_conversion.common import (
+from nnunet_mgcl.dataset_conversion.ids import assign_case_ids
+from nnunet_mgcl.dataset_conversion.images import check_same_grid, nifti_stem, read_image, read_mask, resample_like
+from nnunet_mgcl.dataset_conversion.paths import find_layout_root
+from nnunet_mgcl.dataset_conversion.summary import (
+    GROUP_POOL,
+    GROUP_TRAIN,
     REASON_UNLABELED,
     REASON_UNPAIRED,
     ConversionSummary,
-    DatasetWriter,
-    assign_case_ids,
-    check_same_grid,
-    find_layout_root,
     for_each_case,
     log_dry_run,
-    nifti_stem,
-    read_image,
-    read_mask,
-    resample_like,
 )
+from nnunet_mgcl.dataset_conversion.writer import DatasetWriter
 from nnunet_mgcl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -84,7 +82,6 @@ DERIVATIVES = "derivatives"
 MASK_KIND = "msk"
 LABELS: dict[str, Any] = {"background": 0, "lesion": 1}
 FLAIR_MIN_COVERAGE_WARN = 0.5
-GROUP_TRAIN, GROUP_POOL = "train", "pool"
 
 # sidecar fields pulled up to the top level of a case's metadata (first modality that has them)
 SIDECAR_SUMMARY = {

@@ -82,24 +82,27 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_mgcl.dataset_conversion.common import (
+from nnunet_mgcl.dataset_conversion.ids import assign_case_ids
+from nnunet_mgcl.dataset_conversion.images import (
+    check_nifti_file,
+    check_same_grid,
+    image_from_array,
+    nifti_stem,
+    read_fractional_mask,
+    read_image,
+)
+from nnunet_mgcl.dataset_conversion.paths import find_layout_root
+from nnunet_mgcl.dataset_conversion.summary import (
+    GROUP_POOL,
+    GROUP_TRAIN,
     REASON_UNLABELED,
     REASON_UNPAIRED,
     ConversionSummary,
-    DatasetWriter,
-    assign_case_ids,
-    check_nifti_file,
-    check_same_grid,
-    find_layout_root,
     for_each_case,
-    image_from_array,
     log_dry_run,
-    nifti_stem,
-    parse_optional_int,
-    read_fractional_mask,
-    read_image,
-    read_table,
 )
+from nnunet_mgcl.dataset_conversion.tables import parse_optional_int, read_table
+from nnunet_mgcl.dataset_conversion.writer import DatasetWriter
 from nnunet_mgcl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -118,7 +121,6 @@ DERIVATIVES = "derivatives"
 PHENOTYPE = "phenotype"
 TABLE_SUFFIXES = (".xlsx", ".xls", ".csv", ".tsv")
 LABELS: dict[str, Any] = {"background": 0, "lesion": 1}
-GROUP_TRAIN, GROUP_POOL = "train", "pool"
 
 CASE_LABELS = ("tss", "mrs90")
 TSS_THRESHOLD_MIN = 270.0

@@ -62,23 +62,26 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_mgcl.dataset_conversion.common import (
-    DatasetWriter,
-    CaseIdRegistry,
-    ConversionSummary,
-    REASON_UNLABELED,
-    REASON_UNPAIRED,
+from nnunet_mgcl.dataset_conversion.ids import assign_case_ids
+from nnunet_mgcl.dataset_conversion.images import (
     check_same_grid,
-    for_each_case,
     image_from_array,
     index_nifti_files,
     nifti_stem,
-    parse_optional_float,
-    parse_optional_int,
     read_image,
     read_mask,
-    read_table,
 )
+from nnunet_mgcl.dataset_conversion.summary import (
+    GROUP_POOL,
+    GROUP_TEST,
+    GROUP_TRAIN,
+    REASON_UNLABELED,
+    REASON_UNPAIRED,
+    ConversionSummary,
+    for_each_case,
+)
+from nnunet_mgcl.dataset_conversion.tables import parse_optional_float, parse_optional_int, read_table
+from nnunet_mgcl.dataset_conversion.writer import DatasetWriter
 from nnunet_mgcl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -103,8 +106,6 @@ REGION_LABELS: dict[str, Any] = {"background": 0, "perfusion_deficit": [1, 2, 3]
                                  "flair_visible": [3]}
 REGIONS_CLASS_ORDER = [1, 2, 3]
 FLAIR_OUTSIDE_CORE_WARN_FRACTION = 0.5
-
-GROUP_TRAIN, GROUP_TEST, GROUP_POOL = "train", "test", "pool"
 
 
 @dataclass
@@ -331,9 +332,9 @@ def convert(input_dir: str | Path, dataset_id: int, name: str = "MMIS", label: s
         csv_path = _find_clinical_csv(input_dir)
         rows = read_table(csv_path, REQUIRED_COLUMNS, OPTIONAL_COLUMNS, aliases=COLUMN_ALIASES,
                           id_column="patient_id")
-        registry = CaseIdRegistry(CASE_PREFIX, source=csv_path)
-        for row in rows:
-            registry.add(row["patient_id"])
+        # duplicate / colliding ids are a dataset-level problem: they stop the conversion even with skip_bad
+        case_ids = assign_case_ids([row["patient_id"] for row in rows], CASE_PREFIX, summary=summary,
+                                   source=csv_path)
 
         folders = _patient_folders(input_dir)
         matched, no_folder, no_row = _match_folders(rows, folders)
@@ -359,7 +360,7 @@ def convert(input_dir: str | Path, dataset_id: int, name: str = "MMIS", label: s
         usable = [row for row in rows if row["patient_id"] in matched]
         cases: list[MmisCase] = for_each_case(
             usable,
-            lambda row: _discover_case(row, registry.case_ids[row["patient_id"]], matched[row["patient_id"]],
+            lambda row: _discover_case(row, case_ids[row["patient_id"]], matched[row["patient_id"]],
                                        csv_path, label, summary),
             key=lambda row: row["patient_id"], summary=summary, skip_bad=skip_bad, progress=False)
 

@@ -43,20 +43,24 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from nnunet_mgcl.dataset_conversion.common import (
-    REASON_UNLABELED,
-    ConversionSummary,
-    DatasetWriter,
-    assign_case_ids,
+from nnunet_mgcl.dataset_conversion.ids import assign_case_ids, refuse_duplicate_sources
+from nnunet_mgcl.dataset_conversion.images import (
     check_label_values,
     check_same_grid,
-    for_each_case,
-    log_dry_run,
     nifti_stem,
     read_image,
-    refuse_duplicate_sources,
     remap_labels,
 )
+from nnunet_mgcl.dataset_conversion.summary import (
+    GROUP_POOL,
+    GROUP_TEST,
+    GROUP_TRAIN,
+    REASON_UNLABELED,
+    ConversionSummary,
+    for_each_case,
+    log_dry_run,
+)
+from nnunet_mgcl.dataset_conversion.writer import DatasetWriter
 from nnunet_mgcl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -69,8 +73,6 @@ LABEL_CODES: dict[int, int] = {0: 0, 205: 1, 420: 2, 500: 3, 550: 4, 600: 5, 820
 LABELS: dict[str, int] = {"background": 0, "myocardium": 1, "left_atrium": 2, "left_ventricle": 3,
                           "right_atrium": 4, "right_ventricle": 5, "ascending_aorta": 6, "pulmonary_artery": 7}
 KNOWN_ARTIFACTS: dict[int, int] = {421: 420}   # value -> the code it is counted as (see the module docstring)
-
-GROUP_TRAIN, GROUP_TEST, GROUP_POOL = "train", "test", "pool"
 
 
 @dataclass

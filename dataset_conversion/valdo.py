@@ -53,22 +53,26 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_mgcl.dataset_conversion.common import (
-    REASON_UNLABELED,
-    REASON_UNPAIRED,
-    ConversionSummary,
-    DatasetWriter,
-    assign_case_ids,
+from nnunet_mgcl.dataset_conversion.ids import assign_case_ids
+from nnunet_mgcl.dataset_conversion.images import (
     check_same_grid,
-    for_each_case,
     image_from_array,
     index_nifti_files,
-    log_dry_run,
     nifti_stem,
     read_image,
     read_image_nan_to_zero,
     read_mask,
 )
+from nnunet_mgcl.dataset_conversion.summary import (
+    GROUP_POOL,
+    GROUP_TRAIN,
+    REASON_UNLABELED,
+    REASON_UNPAIRED,
+    ConversionSummary,
+    for_each_case,
+    log_dry_run,
+)
+from nnunet_mgcl.dataset_conversion.writer import DatasetWriter
 from nnunet_mgcl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -103,8 +107,6 @@ FILE_RE = re.compile(r"^(?P<sub>sub-?[A-Za-z0-9]+)_space-(?P<space>[A-Za-z0-9]+)
                      r"_(?P<suffix>[A-Za-z0-9]+)$", re.IGNORECASE)
 RATER_RE = re.compile(r"^rater(?P<n>\d*)$", re.IGNORECASE)
 TASK_FOLDER_RE = re.compile(r"^task[_-]?(?P<n>[123])$", re.IGNORECASE)
-
-GROUP_TRAIN, GROUP_POOL = "train", "pool"
 
 
 def resolve_task(task: str | int | None) -> Task | None:

@@ -44,22 +44,25 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_mgcl.dataset_conversion.common import (
+from nnunet_mgcl.dataset_conversion.ids import assign_case_ids, normalize_name, refuse_duplicate_sources
+from nnunet_mgcl.dataset_conversion.images import (
+    check_same_grid,
+    index_nifti_files,
+    nifti_stem,
+    read_image,
+    read_label_map,
+)
+from nnunet_mgcl.dataset_conversion.summary import (
+    GROUP_POOL,
+    GROUP_TEST,
+    GROUP_TRAIN,
     REASON_UNLABELED,
     REASON_UNPAIRED,
     ConversionSummary,
-    DatasetWriter,
-    assign_case_ids,
-    check_same_grid,
     for_each_case,
-    index_nifti_files,
     log_dry_run,
-    nifti_stem,
-    normalize_name,
-    read_image,
-    read_label_map,
-    refuse_duplicate_sources,
 )
+from nnunet_mgcl.dataset_conversion.writer import DatasetWriter
 from nnunet_mgcl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -71,8 +74,6 @@ OTHER_PATHOLOGY_MODES = ("ignore", "background")
 LABELS_IGNORE: dict[str, int] = {"background": 0, "wmh": 1, "ignore": 2}
 LABELS_BACKGROUND: dict[str, int] = {"background": 0, "wmh": 1}
 OTHER_PATHOLOGY = 2
-
-GROUP_TRAIN, GROUP_TEST, GROUP_POOL = "train", "test", "pool"
 
 
 @dataclass

@@ -6,7 +6,6 @@ Each subcommand is a thin layer over a library function; bad input raises
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import logging
 import sys
@@ -21,14 +20,11 @@ logger = logging.getLogger("nnunet_mgcl")
 
 
 def converters() -> list[str]:
-    """DATASET names of ``nnunet-mgcl convert DATASET``: the converter modules of
-    ``nnunet_mgcl.dataset_conversion`` (each defines ``convert`` and ``add_arguments``)."""
-    import pkgutil
+    """DATASET names of ``nnunet-mgcl convert DATASET``: the keys of
+    :data:`nnunet_mgcl.dataset_conversion.CONVERTERS` (each module defines ``convert`` and ``add_arguments``)."""
+    from nnunet_mgcl.dataset_conversion import CONVERTERS
 
-    import nnunet_mgcl.dataset_conversion as pkg
-
-    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")
-                  and m.name != "common")
+    return sorted(CONVERTERS)
 
 
 def _default_device() -> str:
@@ -60,7 +56,9 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"nnunet_mgcl.dataset_conversion.{args.dataset}")
+    from nnunet_mgcl.dataset_conversion import load_converter
+
+    module = load_converter(args.dataset)
     params = inspect.signature(module.convert).parameters
     kwargs = {k: v for k, v in vars(args).items() if k in params}
     if args.dataset_id is not None and not 1 <= args.dataset_id <= 999:
@@ -137,11 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a dataset into nnU-Net raw format",
                        description="Writes $nnUNet_raw/DatasetID_Name with case labels and the unlabeled pool.")
-    from nnunet_mgcl.dataset_conversion.common import add_common_arguments
+    from nnunet_mgcl.dataset_conversion import load_converter
+    from nnunet_mgcl.dataset_conversion.cli import add_common_arguments
 
     conv = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     for name in converters():
-        module = importlib.import_module(f"nnunet_mgcl.dataset_conversion.{name}")
+        module = load_converter(name)
         cp = conv.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0],
                              description=(module.__doc__ or "").strip(),
                              formatter_class=argparse.RawDescriptionHelpFormatter)

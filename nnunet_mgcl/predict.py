@@ -103,13 +103,13 @@ def find_cases(input_dir: Path, n_channels: int, file_ending: str) -> tuple[dict
 def _check_readable(files: Sequence[Path], case: str | None = None) -> str | None:
     """None when the case's channel files are fit to predict on, else the reason.
 
-    The checks are the converters' own (:func:`nnunet_mgcl.dataset_conversion.common.read_image` and
+    The checks are the converters' own (:func:`nnunet_mgcl.dataset_conversion.images.read_image` and
     ``check_same_grid``, one implementation): complete NIfTI data (SimpleITK reads a truncated
     ``.nii.gz`` without an error), no NaN / infinite voxels, 3D, and all channels on the first channel's
     grid (size, spacing, origin, direction), so that predict never reports a result for input the
     converter would refuse.
     """
-    from nnunet_mgcl.dataset_conversion.common import check_same_grid, read_image
+    from nnunet_mgcl.dataset_conversion.images import check_same_grid, read_image
 
     try:
         images = [read_image(f, case) for f in files]

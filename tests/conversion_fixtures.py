@@ -7,6 +7,7 @@ mismatch, 4D image, unexpected label value, NaN voxels, empty input, duplicate i
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -229,6 +230,12 @@ def build_mmwhs(root: Path) -> Built:
 # ------------------------------------------------------------------------------------------------
 # shared checks
 # ------------------------------------------------------------------------------------------------
+
+def common_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``convert()`` that ``add_common_arguments`` defines, from parsed ``args``."""
+    return {"dataset_id": args.dataset_id, "overwrite": args.overwrite, "skip_bad": args.skip_bad,
+            "dry_run": args.dry_run, "raw_dir": getattr(args, "raw_dir", None)}
+
 
 def assert_nothing_written(raw: Path) -> None:
     leftovers = [p.name for p in raw.iterdir()] if raw.exists() else []

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from nnunet_mgcl.conventions import CASE_LABELS_KEY, CASE_METADATA_FILE, UNLABELED_FOLDER, UNLABELED_POOL_KEY
 from nnunet_mgcl.dataset_conversion import isles24
-from nnunet_mgcl.dataset_conversion.common import read_fractional_mask
+from nnunet_mgcl.dataset_conversion.images import read_fractional_mask
 from nnunet_mgcl.errors import InputError
 from conversion_fixtures import assert_nothing_written, read, verify_with_nnunet  # noqa: E402
 

@@ -15,7 +15,7 @@ from nnunet_mgcl.conventions import (CASE_LABELS_KEY, CASE_METADATA_FILE, TEST_C
                                      UNLABELED_POOL_KEY)
 from nnunet_mgcl.dataset_conversion import mmis
 from nnunet_mgcl.errors import InputError
-from conversion_fixtures import _SerialPool, assert_nothing_written, verify_with_nnunet  # noqa: E402
+from conversion_fixtures import _SerialPool, assert_nothing_written, common_options, verify_with_nnunet  # noqa: E402
 
 SHAPE = (8, 8, 6)
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
@@ -216,7 +216,7 @@ def test_case_insensitive_names_nii_and_columns(tmp_path, raw):
 
 def test_name_and_add_arguments(cohort, raw):
     import argparse
-    from nnunet_mgcl.dataset_conversion.common import add_common_arguments, common_options
+    from nnunet_mgcl.dataset_conversion.cli import add_common_arguments
     parser = argparse.ArgumentParser()
     add_common_arguments(parser)
     mmis.add_arguments(parser)
