@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nnunet_mgcl.conventions import FILE_ENDING
 from nnunet_mgcl.errors import InputError, OutputError, os_error_text
-from nnunet_mgcl.evaluation import FILE_ENDING, ISLES24_IOU_THRESHOLD, MATCHING_MODES
+from nnunet_mgcl.evaluation import CONNECTIVITY, ISLES24_IOU_THRESHOLD, MATCHING_MODES
 
 if TYPE_CHECKING:
     from nnunet_mgcl.evaluation.segmentation import Matching
@@ -70,7 +71,7 @@ def evaluate(reference_dir: str | Path, prediction_dir: str | Path, *, matching:
         "foreground": "label > 0" if label is None else f"label == {label}",
         "lesion_matching": matching,
         "iou_threshold": iou_threshold if matching == "isles24" else None,
-        "connectivity": seg.CONNECTIVITY,
+        "connectivity": CONNECTIVITY,
         "n_cases": len(per_case),
         "mean": seg.mean_metrics(per_case),
         "hd95_undefined_cases": sorted(c for c, m in per_case.items() if math.isnan(m["hd95_mm"])),
