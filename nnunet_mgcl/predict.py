@@ -30,7 +30,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-import cc3d
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -127,11 +126,14 @@ def _check_readable(files: Sequence[Path], case: str | None = None) -> str | Non
 
 
 def lesion_report(mask_file: Path) -> dict[str, Any]:
+    """Lesion volume (mL) and lesion count of a predicted mask (any label > 0), as ``nnunet-mgcl evaluate``
+    measures them (:mod:`nnunet_mgcl.evaluation.segmentation`: voxels x voxel volume, 26-connected
+    components)."""
+    from nnunet_mgcl.evaluation.segmentation import count_lesions, volume_ml
+
     image = sitk.ReadImage(str(mask_file))
     mask = sitk.GetArrayFromImage(image) > 0
-    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    n = int(cc3d.connected_components(mask.astype(np.uint8), connectivity=26).max()) if mask.any() else 0
-    return {"lesion_volume_ml": round(float(mask.sum()) * voxel_ml, 4), "lesion_count": n}
+    return {"lesion_volume_ml": round(volume_ml(mask, image.GetSpacing()), 4), "lesion_count": count_lesions(mask)}
 
 
 def predict(input_dir: str | Path, output_dir: str | Path, dataset: str, configuration: str,
