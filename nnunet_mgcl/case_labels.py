@@ -49,12 +49,23 @@ UNKNOWN = -1
 
 @dataclass(frozen=True)
 class CaseLabels:
-    name: str
-    classes: dict[int, str]
+    """One case-level label per case: ``values`` = {case id: class index, None = unknown}, ``classes`` =
+    {class index: class name} and ``name`` = what the label is.
+
+    Two readers build it: :meth:`from_dataset_json` for the trainers and the predictor (a
+    ``dataset.json`` block, always with classes and name), and
+    :func:`nnunet_mgcl.evaluation.classification.read_case_labels` for ``nnunet-mgcl evaluate``, which
+    also takes a plain ``{case_id: label}`` file (``classes`` and ``name`` None then).
+    """
+
+    name: str | None
+    classes: dict[int, str] | None
     values: dict[str, int | None]
 
     @classmethod
     def from_dataset_json(cls, dataset_json: Mapping) -> "CaseLabels | None":
+        """The ``case_labels`` block of a ``dataset.json`` (None without one); ValueError when its classes
+        are not numbered 0..K-1 (K >= 2) or a value is not one of them."""
         block = dataset_json.get(CASE_LABELS_KEY)
         if not block:
             return None
