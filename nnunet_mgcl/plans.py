@@ -12,13 +12,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Sequence
 
 from nnunet_mgcl.conventions import PLANS_KEY
 from nnunet_mgcl.errors import InputError, OutputError, os_error_text
+from nnunet_mgcl.networks.strides import cumulative_strides
 from nnunet_mgcl.settings import BUDGET_KEYS
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def shrink_configuration(configuration: dict, n_stages: int, base_features: int,
         if key in arch:
             arch[key] = arch[key][:n]
     arch["n_conv_per_stage_decoder"] = arch["n_conv_per_stage_decoder"][: n - 1]
-    divisor = [math.prod(s[axis] for s in arch["strides"]) for axis in range(len(cfg["patch_size"]))]
+    divisor = list(cumulative_strides(arch["strides"], len(cfg["patch_size"])))
     if patch_size is not None:
         if len(patch_size) != len(cfg["patch_size"]):
             raise ValueError(f"patch size {list(patch_size)} has {len(patch_size)} axes, the configuration "

@@ -51,8 +51,8 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 
 from nnunet_mgcl import distributed
 from nnunet_mgcl.data.unlabeled import ImagesOnlyDataset, UnlabeledDataLoader, split_unlabeled_cases
-from nnunet_mgcl.multiview import (ViewPlan, cross_view_consistency, cumulative_strides, from_view, plan_views,
-                                   sigmoid_rampup, to_view)
+from nnunet_mgcl.multiview import ViewPlan, cross_view_consistency, from_view, plan_views, sigmoid_rampup, to_view
+from nnunet_mgcl.networks.strides import cumulative_strides
 from nnunet_mgcl.progress import CoTrainingLocalLogger
 from nnunet_mgcl.settings import MMGLFinetuneSettings, mmgl_finetune_settings
 from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, SeededTrainingMixin,
