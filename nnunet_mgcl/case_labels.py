@@ -11,13 +11,13 @@ evaluate --case-labels`` reads.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from nnunet_mgcl.atomic import atomic_write_text
 from nnunet_mgcl.conventions import CASE_LABELS_KEY, TEST_CASE_LABELS_FILE
 
 TEST_METADATA_KEY = "case_metadata"
@@ -28,7 +28,7 @@ def write_test_case_labels(folder: str | Path, name: str | None, classes: Mappin
                            ) -> Path:
     """Write ``folder/test_case_labels.json``: the test cases' labels in the ``case_labels`` layout that
     ``evaluate --case-labels`` reads (none when the dataset has no case label, ``name`` None), and their
-    metadata; atomically (temporary file, then rename)."""
+    metadata; atomically (:mod:`nnunet_mgcl.atomic`)."""
     path = Path(folder) / TEST_CASE_LABELS_FILE
     content: dict[str, Any] = {
         "note": "the held-out test cases (imagesTs): their labels are for nnunet-mgcl evaluate --case-labels only; "
@@ -39,10 +39,7 @@ def write_test_case_labels(folder: str | Path, name: str | None, classes: Mappin
                                     "values": {k: values[k] for k in sorted(values)}}
     if metadata:
         content[TEST_METADATA_KEY] = {k: dict(metadata[k]) for k in sorted(metadata)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(content, indent=2) + "\n")
 
 UNKNOWN = -1
 

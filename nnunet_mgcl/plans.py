@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from nnunet_mgcl.atomic import atomic_write_text
 from nnunet_mgcl.conventions import PLANS_KEY
 from nnunet_mgcl.errors import InputError, OutputError, os_error_text
 from nnunet_mgcl.networks.strides import cumulative_strides
@@ -146,12 +147,9 @@ def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequ
         logger.info("%s/%s: %d stages, features %s, patch %s, batch %d%s", target_plans, name, arch["n_stages"],
                     arch["features_per_stage"], cfg["patch_size"], cfg["batch_size"],
                     "".join(f", {k} {v}" for k, v in budgets.items()))
-    tmp = dst.with_suffix(".json.tmp")
     try:
-        tmp.write_text(json.dumps(out, indent=4))
-        tmp.replace(dst)
+        atomic_write_text(dst, json.dumps(out, indent=4))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write the plans: {os_error_text(e)}", file=dst) from None
     return dst
 

@@ -13,10 +13,10 @@ import argparse
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nnunet_mgcl.atomic import atomic_write_text
 from nnunet_mgcl.conventions import FILE_ENDING
 from nnunet_mgcl.errors import InputError, OutputError, os_error_text
 from nnunet_mgcl.evaluation import CONNECTIVITY, ISLES24_IOU_THRESHOLD, MATCHING_MODES
@@ -108,18 +108,13 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_summary(summary: dict[str, Any], path: str | Path) -> Path:
-    """Write ``summary`` as JSON (NaN -> null), atomically (temporary file, then rename)."""
+    """Write ``summary`` as JSON (NaN -> null), atomically (:mod:`nnunet_mgcl.atomic`)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    text = json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as e:  # read-only folder, full disk, a file where a folder should be
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise OutputError(f"cannot write the summary: {os_error_text(e)}", file=path) from None
     return path
 
