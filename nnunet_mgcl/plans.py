@@ -20,7 +20,6 @@ from nnunet_mgcl.atomic import atomic_write_text
 from nnunet_mgcl.conventions import PLANS_KEY
 from nnunet_mgcl.errors import InputError, OutputError, os_error_text
 from nnunet_mgcl.networks.strides import cumulative_strides
-from nnunet_mgcl.settings import BUDGET_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +113,8 @@ def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequ
     if missing:
         raise InputError(f"configuration(s) {missing} not in the plans (have "
                          f"{sorted(plans['configurations'])})", file=src)
+    from nnunet_mgcl.settings import BUDGET_KEYS  # here: settings imports scipy, and the CLI imports this module
+
     budgets = {k: dict(v) for k, v in (("budget", budget), ("pretrain_budget", pretrain_budget)) if v}
     for name, block in budgets.items():
         for key, value in block.items():

@@ -55,6 +55,7 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from nnunet_mgcl.arguments import default_of
 from nnunet_mgcl.atomic import atomic_write_text
 from nnunet_mgcl.conventions import CASE_LABELS_KEY
 from nnunet_mgcl.errors import InputError
@@ -356,11 +357,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--dataset-id", required=True, help="dataset id or name")
     parser.add_argument("--labeled-fraction", type=float, required=True, metavar="F",
                         help="fraction of each fold's training cases that keep their labels, in (0, 1]")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the labeled subset (default 0); validation is always nnU-Net's")
-    parser.add_argument("-c", "--configuration", default="3d_fullres",
-                        help="preprocessed configuration whose cases are split (default 3d_fullres)")
-    parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("--seed", type=int, default=default_of(write_splits, "seed"),
+                        help="seed of the labeled subset (default %(default)s); validation is always nnU-Net's")
+    parser.add_argument("-c", "--configuration", default=default_of(write_splits, "configuration"),
+                        help="preprocessed configuration whose cases are split (default %(default)s)")
+    parser.add_argument("-p", "--plans", default=default_of(write_splits, "plans"),
+                        help="plans identifier (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace an existing {SPLITS_FILE} (kept as {SPLITS_FILE}{BACKUP_SUFFIX})")
 
