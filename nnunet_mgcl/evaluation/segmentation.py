@@ -1,7 +1,6 @@
 """Per-case segmentation metrics, ISLES-exact where ISLES defines them, and the folder-level loop.
 
-Definitions and where they come from (``shared/reference/methods_and_datasets.md`` sections 4.5 and 5,
-and the organisers' code it cites):
+Definitions and where they come from (the challenge organisers' evaluation code, named per metric):
 
 * **Dice** -- global binary Dice; both masks empty -> 1.0 (ISLES'22 ``compute_dice(empty_value=1.0)``,
   ISLES'24 ``empty_value``); reference empty and prediction not -> 0.0 (follows from the formula).
@@ -23,10 +22,10 @@ and the organisers' code it cites):
     a pair matched one-to-one when neither side is matched yet and ``IoU >= threshold`` (panoptica's
     ``score_beats_threshold`` for an increasing metric is ``>=``). TP = matched pairs,
     FP = unmatched predicted components, FN = unmatched reference components. The threshold is 0.2
-    (our notes, section 4.5, and the ISLES'24 evaluation copies that pass
-    ``NaiveThresholdMatching(matching_threshold=0.2)``); note that the ``utils/eval_utils.py`` of the
-    isles24 repository commit we inspected calls ``NaiveThresholdMatching()`` with panoptica's
-    default, 0.5 -- pass ``iou_threshold=0.5`` to reproduce that one.
+    (the ISLES'24 evaluation copies that pass ``NaiveThresholdMatching(matching_threshold=0.2)``); note
+    that the ``utils/eval_utils.py`` of the isles24 repository commit we inspected calls
+    ``NaiveThresholdMatching()`` with panoptica's default, 0.5 -- pass ``iou_threshold=0.5`` to
+    reproduce that one.
 
 * **HD95** (mm) -- *our choice*, ISLES does not score it: the MedPy ``hd95`` definition. Surface voxels
   are the mask minus its erosion by the 6-neighbourhood (voxels on the image border count as surface);
