@@ -202,6 +202,7 @@ class LesionDetection:
         denom = 2 * self.tp + self.fp + self.fn
         return 1.0 if denom == 0 else 2.0 * self.tp / denom
 
+
 def lesion_detection_isles22(reference: np.ndarray, prediction: np.ndarray,
                              connectivity: int = CONNECTIVITY) -> LesionDetection:
     """ISLES'22 ``compute_lesion_f1_score``: a reference component is TP on any voxel of overlap with the
