@@ -4,7 +4,7 @@ The package adds dataset converters, a synthetic (phantom) stroke cohort, contra
 trainers and a multi-task fine-tuning trainer to nnU-Net v2 (pinned: 2.8.1). Users keep running
 ``nnUNetv2_plan_and_preprocess`` / ``nnUNetv2_train -tr <ours>`` / ``nnUNetv2_predict``; see README.md.
 
-Source-tree imports. The repository's top level is fixed by the design card: ``trainers/`` and
+Source-tree imports. The repository's top level is fixed: ``trainers/`` and
 ``dataset_conversion/`` sit *beside* this folder and the build installs them as
 ``nnunet_mgcl.trainers`` and ``nnunet_mgcl.dataset_conversion``. A Python started in the repository
 root imports this source folder instead of the installed package, and would then miss those two

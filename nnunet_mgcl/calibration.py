@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from nnunet_mgcl.atomic import atomic_write_text
 
 CALIBRATION_FILE = "calibration.json"
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -100,11 +101,8 @@ class Calibration:
         return apply_temperature(probabilities, self.temperature)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(_finite(asdict(self)), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        """Write ``calibration.json`` atomically (:mod:`nnunet_mgcl.atomic`)."""
+        return atomic_write_text(path, json.dumps(_finite(asdict(self)), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":

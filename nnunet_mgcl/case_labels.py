@@ -11,13 +11,13 @@ evaluate --case-labels`` reads.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from nnunet_mgcl.atomic import atomic_write_text
 from nnunet_mgcl.conventions import CASE_LABELS_KEY, TEST_CASE_LABELS_FILE
 
 TEST_METADATA_KEY = "case_metadata"
@@ -28,7 +28,7 @@ def write_test_case_labels(folder: str | Path, name: str | None, classes: Mappin
                            ) -> Path:
     """Write ``folder/test_case_labels.json``: the test cases' labels in the ``case_labels`` layout that
     ``evaluate --case-labels`` reads (none when the dataset has no case label, ``name`` None), and their
-    metadata; atomically (temporary file, then rename)."""
+    metadata; atomically (:mod:`nnunet_mgcl.atomic`)."""
     path = Path(folder) / TEST_CASE_LABELS_FILE
     content: dict[str, Any] = {
         "note": "the held-out test cases (imagesTs): their labels are for nnunet-mgcl evaluate --case-labels only; "
@@ -39,22 +39,30 @@ def write_test_case_labels(folder: str | Path, name: str | None, classes: Mappin
                                     "values": {k: values[k] for k in sorted(values)}}
     if metadata:
         content[TEST_METADATA_KEY] = {k: dict(metadata[k]) for k in sorted(metadata)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(content, indent=2) + "\n")
 
 UNKNOWN = -1
 
 
 @dataclass(frozen=True)
 class CaseLabels:
-    name: str
-    classes: dict[int, str]
+    """One case-level label per case: ``values`` = {case id: class index, None = unknown}, ``classes`` =
+    {class index: class name} and ``name`` = what the label is.
+
+    Two readers build it: :meth:`from_dataset_json` for the trainers and the predictor (a
+    ``dataset.json`` block, always with classes and name), and
+    :func:`nnunet_mgcl.evaluation.classification.read_case_labels` for ``nnunet-mgcl evaluate``, which
+    also takes a plain ``{case_id: label}`` file (``classes`` and ``name`` None then).
+    """
+
+    name: str | None
+    classes: dict[int, str] | None
     values: dict[str, int | None]
 
     @classmethod
     def from_dataset_json(cls, dataset_json: Mapping) -> "CaseLabels | None":
+        """The ``case_labels`` block of a ``dataset.json`` (None without one); ValueError when its classes
+        are not numbered 0..K-1 (K >= 2) or a value is not one of them."""
         block = dataset_json.get(CASE_LABELS_KEY)
         if not block:
             return None

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from nnunet_mgcl.atomic import atomic_write
 
 
 def to_cpu(obj: Any) -> Any:
@@ -23,18 +24,7 @@ def to_cpu(obj: Any) -> Any:
 
 
 def atomic_torch_save(obj: Any, filename: str | os.PathLike) -> None:
-    """``torch.save`` into a temporary file beside ``filename``, synced, then renamed over it.
-
-    A kill or an error during the write leaves the previous file untouched (and no temporary file).
-    """
-    filename = Path(filename)
-    tmp = filename.with_name(f".{filename.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filename)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save`` into a temporary file beside ``filename``, synced, then renamed over it
+    (:mod:`nnunet_mgcl.atomic`): a kill or an error during the write leaves the previous file untouched
+    (and no temporary file)."""
+    atomic_write(filename, lambda f: torch.save(obj, f))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nnunet_mgcl import __version__
+from nnunet_mgcl.arguments import default_device, default_of
 from nnunet_mgcl.errors import InputError, OutputError
 from nnunet_mgcl.nnunet_commands import CommandError
 
@@ -25,12 +26,6 @@ def converters() -> list[str]:
     from nnunet_mgcl.dataset_conversion import CONVERTERS
 
     return sorted(CONVERTERS)
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +92,7 @@ def _cmd_small_plans(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from nnunet_mgcl.demo import DemoConfig, format_summary, run_demo
 
-    cfg = DemoConfig(output=Path(args.output), device=args.device or _default_device(), seed=args.seed,
+    cfg = DemoConfig(output=Path(args.output), device=args.device or default_device(), seed=args.seed,
                      cases=args.cases, unlabeled=args.unlabeled, test_cases=args.test_cases,
                      labeled_fraction=args.labeled_fraction, epochs=args.epochs,
                      pretrain_epochs=args.pretrain_epochs, iterations=args.iterations, overwrite=args.overwrite)
@@ -124,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("phantom", help="write a synthetic multi-centre stroke cohort (MMIS layout)",
                        description="Synthetic stroke cohort on MNI ICBM152 anatomy: DWI, ADC, FLAIR, PWI, "
                                    "lesion masks, time since onset; written in the MMIS layout.")
+    # literal defaults: importing the phantom (scipy, nibabel) would slow every start of nnunet-mgcl;
+    # tests/test_cli.py checks that they are write_cohort's
     p.add_argument("-o", "--output", required=True, help="output folder (must not exist or be empty)")
     p.add_argument("--cases", type=int, default=20, help="labeled training cases (default 20)")
     p.add_argument("--unlabeled", type=int, default=10, help="unlabeled / unpaired cases (default 10)")
@@ -149,17 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(cp)
         cp.set_defaults(func=_cmd_convert)
 
+    from nnunet_mgcl.plans import write_small_plans
+
     p = sub.add_parser("small-plans", help="write a smaller plans variant (CPU demo, tests, benchmarks)",
                        description="Derives a plans file with a smaller U-Net and an optional training budget "
                                    "from plans written by nnUNetv2_plan_and_preprocess; it reuses their "
                                    "preprocessed data.")
     p.add_argument("-d", "--dataset-id", required=True, help="dataset id or name")
-    p.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"])
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="source plans (default nnUNetPlans)")
-    p.add_argument("-o", "--output-plans", default="nnUNetSmallPlans", help="new plans name")
-    p.add_argument("--stages", type=int, default=4)
-    p.add_argument("--features", type=int, default=16, help="features of the first stage (doubling per stage)")
-    p.add_argument("--max-features", type=int, default=128)
+    p.add_argument("-c", "--configurations", nargs="+", default=list(default_of(write_small_plans, "configurations")))
+    p.add_argument("-p", "--plans", default=default_of(write_small_plans, "source_plans"),
+                   help="source plans (default %(default)s)")
+    p.add_argument("-o", "--output-plans", default=default_of(write_small_plans, "target_plans"), help="new plans name")
+    p.add_argument("--stages", type=int, default=default_of(write_small_plans, "n_stages"))
+    p.add_argument("--features", type=int, default=default_of(write_small_plans, "base_features"),
+                   help="features of the first stage (doubling per stage)")
+    p.add_argument("--max-features", type=int, default=default_of(write_small_plans, "max_features"))
     p.add_argument("--patch-size", type=int, nargs="+", default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
@@ -170,21 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="iterations per epoch of the pretraining trainers")
     p.set_defaults(func=_cmd_small_plans)
 
+    from nnunet_mgcl.demo import DemoConfig
+
     p = sub.add_parser("demo", help="run the whole chain on a phantom cohort (minutes on a CPU)",
                        description="phantom -> convert -> nnUNetv2_plan_and_preprocess -> split -> MGCL "
                                    "pretraining (nnUNetv2_train) -> multi-task fine-tuning (nnUNetv2_train) -> "
                                    "nnunet-mgcl predict -> Dice and TSS AUC on held-out phantom cases.")
     p.add_argument("-o", "--output", default="nnunet_mgcl_demo", help="work folder (default ./nnunet_mgcl_demo)")
     _add_device(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cases", type=int, default=24, help="training phantom cases (default 24)")
-    p.add_argument("--unlabeled", type=int, default=12, help="unlabeled / unpaired phantom cases (default 12)")
-    p.add_argument("--test-cases", type=int, default=12, help="held-out test cases (default 12)")
-    p.add_argument("--labeled-fraction", type=float, default=0.5,
-                   help="fraction of the training cases whose labels are used (default 0.5)")
-    p.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs (default 12)")
-    p.add_argument("--pretrain-epochs", type=int, default=6, help="pretraining epochs (default 6)")
-    p.add_argument("--iterations", type=int, default=25, help="iterations per epoch (default 25)")
+    p.add_argument("--seed", type=int, default=default_of(DemoConfig, "seed"))
+    p.add_argument("--cases", type=int, default=default_of(DemoConfig, "cases"),
+                   help="training phantom cases (default %(default)s)")
+    p.add_argument("--unlabeled", type=int, default=default_of(DemoConfig, "unlabeled"),
+                   help="unlabeled / unpaired phantom cases (default %(default)s)")
+    p.add_argument("--test-cases", type=int, default=default_of(DemoConfig, "test_cases"),
+                   help="held-out test cases (default %(default)s)")
+    p.add_argument("--labeled-fraction", type=float, default=default_of(DemoConfig, "labeled_fraction"),
+                   help="fraction of the training cases whose labels are used (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=default_of(DemoConfig, "epochs"),
+                   help="fine-tuning epochs (default %(default)s)")
+    p.add_argument("--pretrain-epochs", type=int, default=default_of(DemoConfig, "pretrain_epochs"),
+                   help="pretraining epochs (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=default_of(DemoConfig, "iterations"),
+                   help="iterations per epoch (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in the folder")
     p.set_defaults(func=_cmd_demo)
 

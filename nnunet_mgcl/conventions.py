@@ -1,4 +1,4 @@
-"""Names shared by converters, trainers and commands (the data conventions of DESIGN.md).
+"""Names shared by converters, trainers and commands (the data conventions; for users: docs/data_conventions.md).
 
 ``dataset.json`` of a raw dataset written by our converters carries two extra top-level keys. nnU-Net
 keeps unknown keys and copies ``dataset.json`` to ``nnUNet_preprocessed`` (at planning) and to the

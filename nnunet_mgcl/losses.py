@@ -5,8 +5,7 @@
   et al.'s G^R), optionally with extra positives (cross-modality positives, Chaitanya's G^D partition
   positives) through ``positive_groups``.
 - :func:`dense_info_nce`: fine-grained (local) contrast. The same loss over matched anchor locations
-  (the same physical voxel seen in both views), the other anchors being the negatives, optionally with
-  a bounded number of sampled negatives per anchor (Chaitanya's L^R samples 5).
+  (the same physical voxel seen in both views), the other anchors being the negatives.
 - :func:`momentum_info_nce`: coarse-grained contrast against a momentum encoder's keys (MoCo v2 / v3):
   the current keys of every rank plus a queue of past keys are the candidates, keys of the anchor's
   own case are masked, so an anchor's negatives do not depend on nnU-Net's batch of 2.
@@ -241,70 +240,22 @@ def positive_mask(n: int, positive_groups: Tensor | None = None, device: torch.d
     return (g[:, None] == g[None, :]) & ~self_mask.to(g.device)
 
 
-def _negative_indices(num_pairs: int, max_negatives: int, generator: torch.Generator | None = None,
-                      device: torch.device | str | None = None) -> Tensor:
-    """Per-anchor negative indices for :func:`dense_info_nce`, sampled uniformly without replacement.
-
-    The 2M anchors are ``cat([f1, f2])``; anchor a's partner is ``(a + M) % 2M``. Returns a (2M, K) long
-    tensor, K = ``max_negatives`` (requires K <= 2M-2); row a holds K distinct indices, none of them a
-    or its partner. Robert Floyd's algorithm, vectorised over anchors: O(M K^2) time and O(M K) memory
-    (never a 2M x 2M array). Sampling runs on the generator's device (CPU when no generator is
-    given and ``device`` is None), then moves to ``device``: the same seed gives the same indices.
-    """
-    m2, n_cand = 2 * num_pairs, 2 * num_pairs - 2
-    if not 0 < max_negatives <= n_cand:
-        raise ValueError(f"max_negatives must be in [1, {n_cand}] for {num_pairs} pairs, got {max_negatives}")
-    sample_device = generator.device if generator is not None else torch.device(device or "cpu")
-    chosen = torch.empty(m2, 0, dtype=torch.long, device=sample_device)
-    for j in range(n_cand - max_negatives, n_cand):                  # Floyd: K distinct of n_cand
-        r = torch.randint(0, j + 1, (m2, 1), generator=generator, device=sample_device)
-        taken = (chosen == r).any(dim=1, keepdim=True)
-        chosen = torch.cat([chosen, torch.where(taken, torch.full_like(r, j), r)], dim=1)
-    # map candidate slots 0..2M-3 onto anchor indices, skipping the anchor itself and its partner
-    a = torch.arange(m2, device=sample_device)[:, None]
-    lo, hi = torch.minimum(a, (a + num_pairs) % m2), torch.maximum(a, (a + num_pairs) % m2)
-    idx = chosen + (chosen >= lo).long()
-    idx = idx + (idx >= hi).long()
-    return idx.to(device if device is not None else sample_device)
-
-
-def dense_info_nce(f1: Tensor, f2: Tensor, temperature: float = 0.1, max_negatives: int | None = None,
-                   generator: torch.Generator | None = None) -> Tensor:
+def dense_info_nce(f1: Tensor, f2: Tensor, temperature: float = 0.1) -> Tensor:
     """Fine-grained (local) NT-Xent over M matched anchor locations.
 
     Args:
         f1, f2: (M, D) projected decoder features at M anchor locations pooled over the batch; row i of
             both is the same physical voxel seen in view 1 and view 2 (positive pair). Every other anchor
-            (in either view) is a negative. The caller bounds M (anchor count), which bounds memory.
+            (in either view) is a negative: exactly ``info_nce(f1, f2, temperature)`` with its (2M, 2M)
+            similarity matrix. The caller bounds M (anchor count), which bounds memory.
         temperature: as in :func:`info_nce`.
-        max_negatives: ``None`` (or >= 2M-2): all other anchors are negatives, exactly
-            ``info_nce(f1, f2, temperature)`` with its (2M, 2M) similarity matrix. Otherwise each of the
-            2M anchors (M per view, both views as anchors like info_nce) gets K = max_negatives negatives
-            drawn uniformly without replacement from its 2M-2 candidates (Chaitanya's L^R uses 5), and
-            the similarity matrix is (2M, K+1): column 0 the positive, then the K negatives. Memory is
-            then O(M K D) for the gathered negative features plus O(M K) logits instead of O(M^2): it
-            pays off when M is larger than about K*D/2; small K also changes the loss itself (fewer,
-            noisier negatives), which is why it is an option and not the default.
-        generator: random generator for the negative sampling (reproducible runs); its device is where
-            the indices are drawn.
 
     Returns:
         Scalar loss, mean over the 2M anchors.
     """
     _check_pairs(f1, f2, "dense_info_nce")
     _check_temperature(temperature)
-    m = f1.shape[0]
-    if max_negatives is None or max_negatives >= 2 * m - 2:
-        return info_nce(f1, f2, temperature)
-    neg = _negative_indices(m, max_negatives, generator, device=f1.device)          # (2M, K)
-    with torch.autocast(device_type=f1.device.type, enabled=False):
-        z = _normalize(torch.cat([f1, f2], dim=0))                                  # (2M, D)
-        partner = (torch.arange(2 * m, device=z.device) + m) % (2 * m)
-        cols = torch.cat([partner[:, None], neg], dim=1)                            # (2M, K+1)
-        logits = torch.einsum("ad,akd->ak", z, z[cols]) / temperature
-        positive_mask = torch.zeros_like(logits, dtype=torch.bool)
-        positive_mask[:, 0] = True
-        return _nce_from_logits(logits, positive_mask)
+    return info_nce(f1, f2, temperature)
 
 
 class NoNegatives(ValueError):

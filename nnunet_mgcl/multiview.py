@@ -14,7 +14,8 @@ patch axis lands there. The three orthogonal orientations are
 - ``(2, 1, 0)`` axes 0 and 2 swapped (axis 2 first).
 
 **Validity.** nnU-Net's U-Nets need every input axis divisible by the network's cumulative stride on that
-axis (the product of the strides of all stages), otherwise skip connections do not line up. A view is
+axis (the product of the strides of all stages, :func:`nnunet_mgcl.networks.strides.cumulative_strides`),
+otherwise skip connections do not line up. A view is
 valid when ``patch[perm[i]] % cum_stride[i] == 0`` for every axis ``i`` (kernel sizes do not matter: a
 permuted patch only meets other kernels). Anisotropic plans (e.g. strides ``[1, 2, 2]`` on thick-slice
 data) often forbid the swaps; :func:`plan_views` then keeps the nearest valid behaviour (our choice):
@@ -95,18 +96,6 @@ def to_view(x: torch.Tensor, perm: Sequence[int]) -> torch.Tensor:
 def from_view(y: torch.Tensor, perm: Sequence[int]) -> torch.Tensor:
     """A prediction made on ``to_view(x, perm)`` mapped back to the orientation of ``x``."""
     return to_view(y, inverse_permutation(perm))
-
-
-def cumulative_strides(strides: Sequence, n_spatial: int) -> tuple[int, ...]:
-    """Per axis, the product of the strides of all stages (nnU-Net's ``arch_kwargs['strides']``; an int
-    stride means the same on every axis)."""
-    out = [1] * n_spatial
-    for s in strides:
-        s = [int(s)] * n_spatial if isinstance(s, (int, float)) else [int(v) for v in s]
-        if len(s) != n_spatial:
-            raise ValueError(f"stride {s} does not have {n_spatial} axes")
-        out = [a * b for a, b in zip(out, s)]
-    return tuple(out)
 
 
 def invalid_axes(patch_size: Sequence[int], cum_strides: Sequence[int], perm: Sequence[int]) -> list[str]:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Sequence
 
+from nnunet_mgcl.atomic import atomic_write_text
 from nnunet_mgcl.conventions import PLANS_KEY
 from nnunet_mgcl.errors import InputError, OutputError, os_error_text
-from nnunet_mgcl.settings import BUDGET_KEYS
+from nnunet_mgcl.networks.strides import cumulative_strides
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def shrink_configuration(configuration: dict, n_stages: int, base_features: int,
         if key in arch:
             arch[key] = arch[key][:n]
     arch["n_conv_per_stage_decoder"] = arch["n_conv_per_stage_decoder"][: n - 1]
-    divisor = [math.prod(s[axis] for s in arch["strides"]) for axis in range(len(cfg["patch_size"]))]
+    divisor = list(cumulative_strides(arch["strides"], len(cfg["patch_size"])))
     if patch_size is not None:
         if len(patch_size) != len(cfg["patch_size"]):
             raise ValueError(f"patch size {list(patch_size)} has {len(patch_size)} axes, the configuration "
@@ -113,6 +113,8 @@ def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequ
     if missing:
         raise InputError(f"configuration(s) {missing} not in the plans (have "
                          f"{sorted(plans['configurations'])})", file=src)
+    from nnunet_mgcl.settings import BUDGET_KEYS  # here: settings imports scipy, and the CLI imports this module
+
     budgets = {k: dict(v) for k, v in (("budget", budget), ("pretrain_budget", pretrain_budget)) if v}
     for name, block in budgets.items():
         for key, value in block.items():
@@ -146,12 +148,9 @@ def write_small_plans(preprocessed_dataset_dir: str | Path, configurations: Sequ
         logger.info("%s/%s: %d stages, features %s, patch %s, batch %d%s", target_plans, name, arch["n_stages"],
                     arch["features_per_stage"], cfg["patch_size"], cfg["batch_size"],
                     "".join(f", {k} {v}" for k, v in budgets.items()))
-    tmp = dst.with_suffix(".json.tmp")
     try:
-        tmp.write_text(json.dumps(out, indent=4))
-        tmp.replace(dst)
+        atomic_write_text(dst, json.dumps(out, indent=4))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write the plans: {os_error_text(e)}", file=dst) from None
     return dst
 

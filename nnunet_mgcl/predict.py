@@ -30,11 +30,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-import cc3d
 import numpy as np
 import SimpleITK as sitk
 import torch
 
+from nnunet_mgcl.arguments import default_device, default_of
 from nnunet_mgcl.calibration import decide
 from nnunet_mgcl.case_labels import CaseLabels
 from nnunet_mgcl.discovery import ensure_ext_trainer_env
@@ -127,11 +127,14 @@ def _check_readable(files: Sequence[Path], case: str | None = None) -> str | Non
 
 
 def lesion_report(mask_file: Path) -> dict[str, Any]:
+    """Lesion volume (mL) and lesion count of a predicted mask (any label > 0), as ``nnunet-mgcl evaluate``
+    measures them (:mod:`nnunet_mgcl.evaluation.segmentation`: voxels x voxel volume, 26-connected
+    components)."""
+    from nnunet_mgcl.evaluation.segmentation import count_lesions, volume_ml
+
     image = sitk.ReadImage(str(mask_file))
     mask = sitk.GetArrayFromImage(image) > 0
-    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    n = int(cc3d.connected_components(mask.astype(np.uint8), connectivity=26).max()) if mask.any() else 0
-    return {"lesion_volume_ml": round(float(mask.sum()) * voxel_ml, 4), "lesion_count": n}
+    return {"lesion_volume_ml": round(volume_ml(mask, image.GetSpacing()), 4), "lesion_count": count_lesions(mask)}
 
 
 def predict(input_dir: str | Path, output_dir: str | Path, dataset: str, configuration: str,
@@ -282,19 +285,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
     parser.add_argument("-c", dest="configuration", required=True, help="configuration, e.g. 3d_fullres")
     parser.add_argument("-f", dest="folds", nargs="+", required=True, help="folds to ensemble, e.g. 0 1 2 3 4")
-    parser.add_argument("-tr", dest="trainer", default="nnUNetTrainerMGCL")
-    parser.add_argument("-p", dest="plans", default="nnUNetPlans")
-    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
+    parser.add_argument("-tr", dest="trainer", default=default_of(predict, "trainer"))
+    parser.add_argument("-p", dest="plans", default=default_of(predict, "plans"))
+    parser.add_argument("-chk", dest="checkpoint", default=default_of(predict, "checkpoint"))
     parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None,
                         help="default: cuda when available, else cpu")
-    parser.add_argument("-npp", type=int, default=3, help="preprocessing processes (nnU-Net's default 3; "
-                                                          "-npp 0 -nps 0: no worker processes)")
-    parser.add_argument("-nps", type=int, default=3, help="segmentation export processes (nnU-Net's default 3)")
+    parser.add_argument("-npp", type=int, default=default_of(predict, "num_processes_preprocessing"),
+                        help="preprocessing processes (nnU-Net's default 3; -npp 0 -nps 0: no worker processes)")
+    parser.add_argument("-nps", type=int, default=default_of(predict, "num_processes_export"),
+                        help="segmentation export processes (nnU-Net's default 3)")
     parser.add_argument("--no-qc", dest="qc", action="store_false", help="skip the QC images")
 
 
 def run(args: argparse.Namespace) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     report = predict(args.input_dir, args.output_dir, args.dataset, args.configuration, args.folds, args.trainer,
                      args.plans, args.checkpoint, device, args.qc, args.npp, args.nps)
     n_ok, n_failed = len(report["cases"]), len(report["failed"])

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import cc3d
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
+
+from nnunet_mgcl.evaluation.segmentation import connected_components
 
 VIEWS = ("axial", "coronal", "sagittal")
 PANEL = 160  # pixels along the longer side of a panel
@@ -19,10 +20,11 @@ RED = np.array([255, 40, 40], dtype=np.uint8)
 
 
 def largest_lesion_centre(mask: np.ndarray) -> tuple[int, ...] | None:
-    """Voxel index (z, y, x) of the centroid of the largest 26-connected component, or None if empty."""
+    """Voxel index (z, y, x) of the centroid of the largest lesion component (26-connected, as everywhere:
+    :data:`nnunet_mgcl.evaluation.CONNECTIVITY`), or None if empty."""
     if not mask.any():
         return None
-    labels = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
+    labels, _ = connected_components(mask)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return tuple(int(round(c)) for c in np.argwhere(labels == sizes.argmax()).mean(0))

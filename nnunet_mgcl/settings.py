@@ -91,7 +91,7 @@ class PretrainSettings:
     - ``global_scale_weights`` / ``local_scale_weights`` null: the weight of each stage's loss within its
       grain, in the order of ``global_stages`` / ``local_stages``; null = equal weights summing to 1
       (the mean over stages, so that one and several stages give losses of the same scale: our choice).
-    - ``num_anchors`` 256 per sample, ``lesion_fraction`` 0.5 (DESIGN.md: half from lesion candidates).
+    - ``num_anchors`` 256 per sample, ``lesion_fraction`` 0.5 (our choice: half from lesion candidates).
     - ``view_scale`` 0.7: each view crops this fraction of nnU-Net's (initial) patch per axis around its
       own random centre inside the brain, resampled to the patch (a random resized crop), so that a view
       is smaller than the field of view even where the patch holds the whole brain (our choice).
@@ -311,8 +311,9 @@ def staged_settings(configuration: Mapping[str, Any], cls: type[MMGLSettings] = 
 class FinetuneSettings:
     """``mgcl.finetune``: multi-task fine-tuning (segmentation + case-level classification).
 
-    - ``classifier`` "mrff" (DESIGN.md's multi-modal region-related feature fusion) or "pooled" (global
-      average pool of the bottleneck + MLP, the ``_noMRFF`` ablation).
+    - ``classifier`` "mrff" (multi-modal region-related feature fusion, our reading of Sun et al. 2024:
+      :mod:`nnunet_mgcl.networks.classification`) or "pooled" (global average pool of the bottleneck +
+      MLP, the ``_noMRFF`` ablation).
     - ``cls_weight`` 0.5: weight of the classification loss added to nnU-Net's Dice + CE (our choice:
       enough to train the head, small next to the segmentation loss so that segmentation stays
       nnU-Net's).

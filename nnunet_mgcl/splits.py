@@ -32,7 +32,7 @@ nnU-Net's own ``get_identifiers`` of the dataset class. They are cross-checked a
 preprocessing has finished) so that a split is never drawn from an interrupted preprocessing. Case
 labels come from the ``dataset.json`` copy in ``nnUNet_preprocessed`` (what the trainers read).
 
-**Writing.** Both files are written atomically (temporary file + ``os.replace``). An existing
+**Writing.** Both files are written atomically (:mod:`nnunet_mgcl.atomic`). An existing
 ``splits_final.json`` (nnU-Net writes one on the first training) is replaced only with
 ``overwrite=True``; the old file is then kept as ``splits_final.json.bak`` (and an old sidecar as
 ``splits_final.mgcl.json.bak``). A file that already holds exactly the requested split is left alone.
@@ -50,12 +50,13 @@ import logging
 import math
 import os
 import random
-import tempfile
 from fractions import Fraction
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from nnunet_mgcl.arguments import default_of
+from nnunet_mgcl.atomic import atomic_write_text
 from nnunet_mgcl.conventions import CASE_LABELS_KEY
 from nnunet_mgcl.errors import InputError
 
@@ -279,17 +280,7 @@ def _case_labels(dataset_json: Mapping[str, Any], path: Path) -> tuple[dict[str,
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=4, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=4, sort_keys=True) + "\n")
 
 
 def write_splits(dataset_name_or_id: int | str, fraction: float, seed: int = 0, overwrite: bool = False,
@@ -366,11 +357,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--dataset-id", required=True, help="dataset id or name")
     parser.add_argument("--labeled-fraction", type=float, required=True, metavar="F",
                         help="fraction of each fold's training cases that keep their labels, in (0, 1]")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the labeled subset (default 0); validation is always nnU-Net's")
-    parser.add_argument("-c", "--configuration", default="3d_fullres",
-                        help="preprocessed configuration whose cases are split (default 3d_fullres)")
-    parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("--seed", type=int, default=default_of(write_splits, "seed"),
+                        help="seed of the labeled subset (default %(default)s); validation is always nnU-Net's")
+    parser.add_argument("-c", "--configuration", default=default_of(write_splits, "configuration"),
+                        help="preprocessed configuration whose cases are split (default %(default)s)")
+    parser.add_argument("-p", "--plans", default=default_of(write_splits, "plans"),
+                        help="plans identifier (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace an existing {SPLITS_FILE} (kept as {SPLITS_FILE}{BACKUP_SUFFIX})")
 

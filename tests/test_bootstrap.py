@@ -8,8 +8,19 @@ import itertools
 import numpy as np
 import pytest
 
-from nnunet_mgcl.evaluation.bootstrap import (MDD_FACTOR, aa_check, bootstrap_variance, compare,
-                                              hierarchical_bootstrap, mean_interval, paired_differences, verdict)
+from nnunet_mgcl.evaluation.bootstrap import (MDD_FACTOR, aa_check, compare, hierarchical_bootstrap, mean_interval,
+                                              paired_differences, verdict)
+
+
+def bootstrap_variance(table) -> float:
+    """The exact variance of :func:`hierarchical_bootstrap`'s mean (infinitely many draws):
+    ``(1/R) * [ (1/R) sum_r (m_r - m)^2 + (1/R) sum_r s_r^2 / N ]``."""
+    d = np.asarray(table, dtype=float)
+    r, n = d.shape
+    m_r = d.mean(axis=1)
+    between = np.mean((m_r - m_r.mean()) ** 2)
+    within = np.mean(d.var(axis=1)) / n
+    return float((between + within) / r)
 
 
 def _exhaustive_distribution(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,10 +20,9 @@ def _mask(shape=(12, 12, 12)) -> np.ndarray:
     return np.zeros(shape, dtype=bool)
 
 
-def test_package_keeps_demo_imports():
-    from nnunet_mgcl.evaluation import dice, dice_per_case  # noqa: F401  (demo.py imports these)
-
-    assert dice is seg.dice and dice_per_case is seg.dice_per_case
+def _count_difference(ref: np.ndarray, pred: np.ndarray) -> int:
+    """The summary's lesion-count difference of one case (1 mm voxels)."""
+    return seg.case_metrics(ref, pred, (1.0,) * ref.ndim)["lesion_count_difference"]
 
 
 # --- Dice, volume, HD95 ----------------------------------------------------------------------------
@@ -101,8 +100,8 @@ def test_lesion_f1_empty_combinations(matching):
     assert seg.lesion_f1(empty, lesion, matching) == 0.0  # only FP
     assert seg.lesion_f1(lesion, empty, matching) == 0.0  # only FN
     assert seg.lesion_f1(lesion, lesion, matching) == 1.0
-    assert seg.lesion_count_difference(empty, empty) == 0
-    assert seg.lesion_count_difference(empty, lesion) == 1
+    assert _count_difference(empty, empty) == 0
+    assert _count_difference(empty, lesion) == 1
 
 
 def test_diagonally_touching_lesions_are_one_component():
@@ -117,7 +116,7 @@ def test_diagonally_touching_lesions_are_one_component():
     assert (d22.tp, d22.fp, d22.fn, d22.f1) == (1, 0, 0, 1.0)
     d24 = seg.lesion_detection(ref, pred, "isles24")  # IoU = 8 / 16 = 0.5
     assert (d24.tp, d24.fp, d24.fn) == (1, 0, 0)
-    assert seg.lesion_count_difference(ref, pred) == 0
+    assert _count_difference(ref, pred) == 0
 
 
 def test_one_prediction_covering_two_reference_lesions():
@@ -135,7 +134,7 @@ def test_one_prediction_covering_two_reference_lesions():
     assert d24.f1 == pytest.approx(2 / 3)
     d24 = seg.lesion_detection(ref, pred, "isles24", iou_threshold=0.5)
     assert (d24.tp, d24.fp, d24.fn, d24.f1) == (0, 1, 2, 0.0)
-    assert seg.lesion_count_difference(ref, pred) == 1
+    assert _count_difference(ref, pred) == 1
 
 
 def test_isles24_threshold_is_inclusive():
@@ -154,7 +153,7 @@ def test_small_fp_blob_and_one_voxel_overlap():
     for matching in ("isles22", "isles24"):
         d = seg.lesion_detection(ref, pred, matching)
         assert (d.tp, d.fp, d.fn) == (1, 1, 0) and d.f1 == pytest.approx(2 / 3)
-    assert seg.lesion_count_difference(ref, pred) == 1
+    assert _count_difference(ref, pred) == 1
     touch = _mask()
     touch[5:8, 5:8, 5:8] = True  # 27 voxels, 1 shared with the reference: IoU 1/90
     d22 = seg.lesion_detection(ref, touch, "isles22")

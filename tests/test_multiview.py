@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from nnunet_mgcl.multiview import (cross_view_consistency, cumulative_strides, from_view, inverse_permutation,
-                                   plan_views, sigmoid_rampup, to_view)
+from nnunet_mgcl.multiview import (cross_view_consistency, from_view, inverse_permutation, plan_views, sigmoid_rampup,
+                                   to_view)
+from nnunet_mgcl.networks.strides import cumulative_strides
 from nnunet_mgcl.settings import MMGLFinetuneSettings, mmgl_finetune_settings
 
 PERMS_3D = list(itertools.permutations(range(3)))

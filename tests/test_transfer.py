@@ -175,18 +175,3 @@ def test_parameter_groups_follow_the_transfer_report(tmp_path, source):
                                    target.named_parameters(), set(report.loaded), 1e-2, 0.1)
     again.load_state_dict(opt.state_dict())
     assert [len(g["params"]) for g in again.param_groups] == [len(g["params"]) for g in opt.param_groups]
-
-
-def test_plans_settings_doc_lists_the_transfer_and_finetune_keys_with_their_defaults():
-    import json
-    import re
-    from dataclasses import fields
-    from pathlib import Path
-
-    from nnunet_mgcl.settings import FinetuneSettings
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "plans_settings.md").read_text()
-    block = json.loads("{" + re.search(r'```json\n"mgcl": \{(.*?)\n\}\n```', text, re.S).group(1) + "}")
-    for name, cls in (("transfer", TransferSettings), ("finetune", FinetuneSettings)):
-        defaults = {f.name: getattr(cls(), f.name) for f in fields(cls)}
-        assert block[name] == defaults, name

@@ -12,6 +12,7 @@ from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mgcl import distributed
+from nnunet_mgcl.atomic import atomic_write_text
 from nnunet_mgcl.checkpoints import atomic_torch_save, to_cpu
 from nnunet_mgcl.data.pool import CombinedDataset, ensure_preprocessed_pool, held_out_pool, pool_cases
 from nnunet_mgcl.distributed import ReplicatedModule, unwrap
@@ -483,11 +484,6 @@ class SeededTrainingMixin:
                 with contextlib.redirect_stdout(io.StringIO()):
                     aug._finish()
         if self.local_rank == 0:
-            import os
-
             record = {"seed": self.training_seed_value, "trainer": self.__class__.__name__,
                       "losses": getattr(self, "_iteration_losses", [])}
-            path = join(self.output_folder, "iteration_losses.json")
-            with open(path + ".tmp", "w", encoding="utf-8") as fh:
-                json.dump(record, fh)
-            os.replace(path + ".tmp", path)
+            atomic_write_text(join(self.output_folder, "iteration_losses.json"), json.dumps(record))

@@ -191,11 +191,7 @@ class nnUNetTrainerMGCLPretrain(SeededTrainingMixin, EpochEndMixin, CheckpointMi
         s = self.settings
         kinds = channel_kinds(self.dataset_json["channel_names"])
         in_seconds = tmax_in_seconds(kinds, self.configuration_manager.normalization_schemes)
-        view_settings = TwoViewSettings(min_overlap=s.min_overlap, view_scale=s.view_scale,
-                                        num_anchors=s.num_anchors, lesion_fraction=s.lesion_fraction,
-                                        modality_dropout=s.modality_dropout, rule=s.candidate_rule,
-                                        tmax_in_seconds=in_seconds, repeat_cases=s.cross_modality_positives,
-                                        partitions=self.view_partitions())
+        view_settings = TwoViewSettings.from_pretrain(s, tmax_in_seconds=in_seconds, partitions=self.view_partitions())
         mask_channels = [i for i, m in enumerate(self.configuration_manager.use_mask_for_norm) if m]
         labeled = set().union(*self.do_split())  # cases with a mask: for the candidate log only
         loaders = [TwoViewDataLoader(ds, self.batch_size, initial_patch_size, patch_size, self.label_manager,

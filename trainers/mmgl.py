@@ -51,8 +51,8 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 
 from nnunet_mgcl import distributed
 from nnunet_mgcl.data.unlabeled import ImagesOnlyDataset, UnlabeledDataLoader, split_unlabeled_cases
-from nnunet_mgcl.multiview import (ViewPlan, cross_view_consistency, cumulative_strides, from_view, plan_views,
-                                   sigmoid_rampup, to_view)
+from nnunet_mgcl.multiview import ViewPlan, cross_view_consistency, from_view, plan_views, sigmoid_rampup, to_view
+from nnunet_mgcl.networks.strides import cumulative_strides
 from nnunet_mgcl.progress import CoTrainingLocalLogger
 from nnunet_mgcl.settings import MMGLFinetuneSettings, mmgl_finetune_settings
 from nnunet_mgcl.trainers.base import (CheckpointMixin, PlansBudgetMixin, PretrainedInitMixin, SeededTrainingMixin,
@@ -212,9 +212,6 @@ class nnUNetTrainerMMGL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
         self._iteration = 0
 
     # -- step -------------------------------------------------------------------------------------------
-    def _autocast(self):
-        return autocast_for(self.device)
-
     def cotraining_loss(self, x: torch.Tensor):
         """The cross-view loss of an unlabeled batch ``x`` (batch, channels, *patch) and its diagnostics."""
         logits = []
@@ -229,7 +226,7 @@ class nnUNetTrainerMMGL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with autocast_for(self.device):
             seg_loss = self.loss(self.network(data), target)
         scaled_backward(self, seg_loss)  # frees the labeled graph before the views are built
         seg_loss = seg_loss.detach().float()
@@ -241,7 +238,7 @@ class nnUNetTrainerMMGL(SeededTrainingMixin, FinetuneScheduleMixin, PretrainedIn
             start = time()
             weight = self.cotraining_weight()
             x = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
-            with self._autocast():
+            with autocast_for(self.device):
                 cons, stats = self.cotraining_loss(x)
             scaled_backward(self, weight * cons)
             total = total + weight * cons.detach()

@@ -1,7 +1,7 @@
 """Label-free lesion candidates from the physics of each modality, against parenchyma statistics.
 
 The fine-grained loss draws half of its anchors from voxels that *might* be lesion and gives those
-anchors their own pseudo-class, so that lesion-versus-healthy relations dominate it (DESIGN.md). This
+anchors their own pseudo-class, so that lesion-versus-healthy relations dominate it (docs/methods.md). This
 module is the one home of that rule; it is pure (tensors in, tensors out, no file access, no
 randomness), so that it can also serve as the target of a pseudo-label pretraining.
 

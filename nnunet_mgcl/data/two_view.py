@@ -37,7 +37,7 @@ false positive and false negative voxels of view 1's LESION map against the case
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Collection, Sequence
 
 import numpy as np
@@ -51,21 +51,36 @@ from threadpoolctl import threadpool_limits
 
 from nnunet_mgcl.data.candidates import LESION, PERILESION, CandidateRule, candidate_classes, precision_recall_counts
 from nnunet_mgcl.data.correspondence import fit_affine, match
+from nnunet_mgcl.settings import PretrainSettings
+
+
+#: the documented defaults of ``mgcl.pretrain``: the loader's defaults are these, never restated
+_PRETRAIN = PretrainSettings()
 
 
 @dataclass(frozen=True)
 class TwoViewSettings:
-    """Our choices, documented in :mod:`nnunet_mgcl.settings`."""
+    """The loader's part of :class:`~nnunet_mgcl.settings.PretrainSettings` (same meaning and defaults,
+    documented there), plus what the trainer derives from the plans (:meth:`from_pretrain`)."""
 
-    min_overlap: float = 0.5
-    view_scale: float = 0.7
-    num_anchors: int = 256
-    lesion_fraction: float = 0.5
-    modality_dropout: float = 0.2
-    rule: CandidateRule = field(default_factory=CandidateRule)
-    tmax_in_seconds: bool = False
-    repeat_cases: bool = False  # each drawn case fills two batch slots (cross-modality positives)
+    min_overlap: float = _PRETRAIN.min_overlap
+    view_scale: float = _PRETRAIN.view_scale
+    num_anchors: int = _PRETRAIN.num_anchors
+    lesion_fraction: float = _PRETRAIN.lesion_fraction
+    modality_dropout: float = _PRETRAIN.modality_dropout
+    rule: CandidateRule = _PRETRAIN.candidate_rule
+    tmax_in_seconds: bool = False  # the plans leave the Tmax channel in seconds (NoNormalization)
+    #: each drawn case fills two batch slots (``cross_modality_positives``)
+    repeat_cases: bool = _PRETRAIN.cross_modality_positives
     partitions: int = 0  # > 0: a batch spans different partitions along the first axis (GLCL's G^D)
+
+    @classmethod
+    def from_pretrain(cls, settings: PretrainSettings, tmax_in_seconds: bool, partitions: int) -> "TwoViewSettings":
+        """The loader settings of a pretraining run: ``mgcl.pretrain`` plus what the plans and the trainer decide."""
+        return cls(min_overlap=settings.min_overlap, view_scale=settings.view_scale, num_anchors=settings.num_anchors,
+                   lesion_fraction=settings.lesion_fraction, modality_dropout=settings.modality_dropout,
+                   rule=settings.candidate_rule, tmax_in_seconds=tmax_in_seconds,
+                   repeat_cases=settings.cross_modality_positives, partitions=partitions)
 
 
 class TwoViewDataLoader(nnUNetDataLoader):

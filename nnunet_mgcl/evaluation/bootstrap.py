@@ -22,8 +22,8 @@ lower is better), ``worse`` when on the other side, ``not separable`` when it co
 test at 5 % would detect with 80 % power given the bootstrap standard error of ``delta``,
 ``(z_0.975 + z_0.8) * SE = 2.80 * SE``. Reported per arm and, from the A/A arm, for the instrument.
 
-The bootstrap variance has a closed form (:func:`bootstrap_variance`), which the tests use as the
-independent check of the resampling code:
+The bootstrap variance has a closed form, which ``tests/test_bootstrap.py`` uses as the independent
+check of the resampling code:
 ``Var = (1/R) * [ (1/R) sum_r (m_r - m)^2 + (1/R) sum_r s_r^2 / N ]`` with ``m_r`` the replicate's mean
 over cases, ``s_r^2`` its population variance over cases.
 """
@@ -89,16 +89,6 @@ def hierarchical_bootstrap(table, n_boot: int = 10000, seed: int = 0, chunk: int
         cases = rng.integers(n, size=(b, r, n))  # (b, R, N) drawn cases within each
         out[start:start + b] = d[reps[..., None], cases].mean(axis=(1, 2))
     return out
-
-
-def bootstrap_variance(table) -> float:
-    """The exact variance of :func:`hierarchical_bootstrap`'s mean (infinitely many draws)."""
-    d = _as_table(table, "table")
-    r, n = d.shape
-    m_r = d.mean(axis=1)
-    between = np.mean((m_r - m_r.mean()) ** 2)
-    within = np.mean(d.var(axis=1)) / n
-    return float((between + within) / r)
 
 
 def verdict(low: float, high: float, higher_is_better: bool = True) -> str:

@@ -10,9 +10,10 @@ Inputs:
 
 Metrics and conventions (*our choice* where marked):
 
-* **AUC** -- area under the ROC curve, computed as the Mann-Whitney U statistic with mid-ranks for
-  ties (equal to the trapezoidal ROC area). Binary: the score is ``probabilities[1]`` (positive class =
-  1). Multi-class: macro average of one-vs-rest AUCs, class ``k`` scored by ``probabilities[k]``
+* **AUC** -- area under the ROC curve (scikit-learn's ``roc_auc_score``: the trapezoidal ROC area, equal
+  to the Mann-Whitney U statistic with mid-ranks for ties); NaN unless both classes occur (*our
+  choice*). Binary: the score is ``probabilities[1]`` (positive class = 1). Multi-class: macro average
+  of one-vs-rest AUCs, class ``k`` scored by ``probabilities[k]``
   (sklearn ``roc_auc_score(multi_class="ovr", average="macro")``); *our choice*: a class absent from
   the evaluated labels (or the only one present) has no AUC and is left out of the average. NaN
   when no class has one.
@@ -45,8 +46,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
+from sklearn.metrics import roc_auc_score
 
+from nnunet_mgcl.case_labels import CaseLabels
 from nnunet_mgcl.conventions import CASE_LABELS_KEY
 from nnunet_mgcl.errors import InputError
 
@@ -55,16 +58,6 @@ POSITIVE_CLASS = 1
 
 
 # --- files ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CaseLabels:
-    """Case-level labels read from a file: ``values`` = {case: class index or None}."""
-
-    values: dict[str, int | None]
-    classes: dict[str, str] | None
-    name: str | None
-    file: Path
-
 
 @dataclass(frozen=True)
 class CasePrediction:
@@ -97,7 +90,8 @@ def _as_class_index(value: Any, case: str, path: Path, what: str) -> int:
 
 
 def read_case_labels(path: str | Path) -> CaseLabels:
-    """Case labels from a ``dataset.json`` (``case_labels.values``) or a ``{case_id: label}`` JSON."""
+    """Case labels from a ``dataset.json`` or ``test_case_labels.json`` (the ``case_labels`` block) or a
+    ``{case_id: label}`` JSON (no classes, no name); bad content is an :class:`InputError` naming the file."""
     path = Path(path)
     data = _load_json(path, "case-labels")
     if not isinstance(data, dict):
@@ -108,7 +102,7 @@ def read_case_labels(path: str | Path) -> CaseLabels:
         if not isinstance(block, dict) or not isinstance(block.get("values"), dict):
             raise InputError(f"'{CASE_LABELS_KEY}' must be an object with a 'values' object", file=path)
         raw = block["values"]
-        classes = block.get("classes") or None
+        classes = _class_names(block.get("classes"), path)
         name = block.get("name")
     elif "channel_names" in data or "file_ending" in data:
         raise InputError(f"this dataset.json has no '{CASE_LABELS_KEY}' block: its dataset has no case "
@@ -117,7 +111,17 @@ def read_case_labels(path: str | Path) -> CaseLabels:
         raw = data
     values = {str(case): None if v is None else _as_class_index(v, str(case), path, "case label")
               for case, v in raw.items()}
-    return CaseLabels(values=values, classes=dict(classes) if classes else None, name=name, file=path)
+    return CaseLabels(name=name, classes=classes, values=values)
+
+
+def _class_names(classes: Any, path: Path) -> dict[int, str] | None:
+    """``case_labels.classes`` ({"0": name, ...}) keyed by class index; None when absent or empty."""
+    if not classes:
+        return None
+    if not isinstance(classes, dict) or not all(isinstance(k, str) and k.isdecimal() for k in classes):
+        raise InputError(f"'{CASE_LABELS_KEY}.classes' must map class indices (\"0\", \"1\", ...) to names, "
+                         f"got {classes!r}", file=path)
+    return {int(k): v for k, v in classes.items()}
 
 
 def read_predictions(path: str | Path) -> dict[str, CasePrediction]:
@@ -169,16 +173,12 @@ def read_predictions(path: str | Path) -> dict[str, CasePrediction]:
 # --- metrics -------------------------------------------------------------------------------------
 
 def roc_auc(y_true: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """Binary ROC AUC = Mann-Whitney U / (n_pos n_neg) with mid-ranks for ties; NaN unless both classes
-    are present. ``y_true`` is 1 for positives."""
+    """Binary ROC AUC (scikit-learn's ``roc_auc_score``: the trapezoidal area, ties counted half);
+    *our choice*: NaN unless both classes are present (scikit-learn raises). ``y_true`` is 1 for positives."""
     y = np.asarray(y_true).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():  # one class only, or no cases
         return math.nan
-    ranks = rankdata(s)  # average ranks for ties
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
 def roc_auc_ovr(y_true: Sequence[int] | np.ndarray,
@@ -196,10 +196,11 @@ def roc_auc_ovr(y_true: Sequence[int] | np.ndarray,
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
-    """``C[i, j]`` = number of cases of class ``i`` predicted as ``j`` (sklearn's layout)."""
-    c = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(c, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
-    return c
+    """``C[i, j]`` = number of cases of class ``i`` predicted as ``j`` over classes ``0..n_classes-1``
+    (scikit-learn's ``confusion_matrix``); all zeros for no cases (scikit-learn raises)."""
+    if len(y_true) == 0:
+        return np.zeros((n_classes, n_classes), dtype=np.int64)
+    return sklearn_confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)).astype(np.int64)
 
 
 def sensitivity_specificity(y_true: Sequence[int], y_pred: Sequence[int],
@@ -345,9 +346,9 @@ def evaluate_classification(cases: Iterable[str], labels_file: str | Path, predi
     achieves on the decided cases and the number of indeterminate ones (``model_decision``). With
     ``probabilities_uncalibrated`` in the predictions, ``ece_uncalibrated`` and ``brier_uncalibrated``
     (before calibration) sit beside ``ece`` and ``brier`` (after)."""
+    labels_file, predictions_file = Path(labels_file), Path(predictions_file)
     labels = read_case_labels(labels_file)
     predictions = read_predictions(predictions_file)
-    predictions_file = Path(predictions_file)
     used, null_label, no_label = [], [], []
     for case in cases:
         if case not in labels.values:
@@ -356,22 +357,22 @@ def evaluate_classification(cases: Iterable[str], labels_file: str | Path, predi
             null_label.append(case)
         elif case not in predictions:
             raise InputError(f"no class prediction for this case in {predictions_file.name} (it has a case "
-                             f"label in {labels.file})", case=case, file=predictions_file)
+                             f"label in {labels_file})", case=case, file=predictions_file)
         else:
             used.append(case)
     n_classes = next(iter(predictions.values())).probabilities.size if predictions else None
     for case in used:
         if labels.values[case] >= n_classes:
             raise InputError(f"case label {labels.values[case]} out of range for {n_classes} predicted "
-                             "class probabilities", case=case, file=labels.file)
+                             "class probabilities", case=case, file=labels_file)
     if labels.classes is not None and n_classes is not None and len(labels.classes) != n_classes:
         raise InputError(f"{len(labels.classes)} classes in the case labels but {n_classes} probabilities "
-                         f"per case in {predictions_file}", file=labels.file)
+                         f"per case in {predictions_file}", file=labels_file)
     out: dict[str, Any] = {
-        "labels_file": str(labels.file),
+        "labels_file": str(labels_file),
         "predictions_file": str(predictions_file),
         "label_name": labels.name,
-        "classes": labels.classes,
+        "classes": None if labels.classes is None else {str(k): v for k, v in labels.classes.items()},
         "positive_class": POSITIVE_CLASS if n_classes == 2 else None,
         "n_excluded_null_label": len(null_label),
         "n_excluded_no_label": len(no_label),

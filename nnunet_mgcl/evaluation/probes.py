@@ -63,10 +63,11 @@ def dense_features(network, data: np.ndarray, device=None) -> np.ndarray:
     device = device or torch.device("cpu")
     stage = _last_decoder_stage(network)
     from nnunet_mgcl.distributed import unwrap
+    from nnunet_mgcl.networks.strides import cumulative_strides
 
     net = unwrap(network)
-    strides = np.prod([np.atleast_1d(s) * np.ones(data.ndim - 1, int) for s in net.encoder.strides], axis=0) \
-        if hasattr(net.encoder, "strides") else np.full(data.ndim - 1, 32)
+    strides = np.array(cumulative_strides(net.encoder.strides, data.ndim - 1)) if hasattr(net.encoder, "strides") \
+        else np.full(data.ndim - 1, 32)
     shape = np.array(data.shape[1:])
     padded = (np.ceil(shape / strides) * strides).astype(int)
     x = np.zeros((data.shape[0], *padded), dtype=np.float32)

@@ -13,12 +13,14 @@ import argparse
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nnunet_mgcl.arguments import default_of
+from nnunet_mgcl.atomic import atomic_write_text
+from nnunet_mgcl.conventions import FILE_ENDING
 from nnunet_mgcl.errors import InputError, OutputError, os_error_text
-from nnunet_mgcl.evaluation import FILE_ENDING, ISLES24_IOU_THRESHOLD, MATCHING_MODES
+from nnunet_mgcl.evaluation import CONNECTIVITY, ISLES24_IOU_THRESHOLD, MATCHING_MODES
 
 if TYPE_CHECKING:
     from nnunet_mgcl.evaluation.segmentation import Matching
@@ -70,7 +72,7 @@ def evaluate(reference_dir: str | Path, prediction_dir: str | Path, *, matching:
         "foreground": "label > 0" if label is None else f"label == {label}",
         "lesion_matching": matching,
         "iou_threshold": iou_threshold if matching == "isles24" else None,
-        "connectivity": seg.CONNECTIVITY,
+        "connectivity": CONNECTIVITY,
         "n_cases": len(per_case),
         "mean": seg.mean_metrics(per_case),
         "hd95_undefined_cases": sorted(c for c, m in per_case.items() if math.isnan(m["hd95_mm"])),
@@ -107,18 +109,13 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_summary(summary: dict[str, Any], path: str | Path) -> Path:
-    """Write ``summary`` as JSON (NaN -> null), atomically (temporary file, then rename)."""
+    """Write ``summary`` as JSON (NaN -> null), atomically (:mod:`nnunet_mgcl.atomic`)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    text = json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as e:  # read-only folder, full disk, a file where a folder should be
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise OutputError(f"cannot write the summary: {os_error_text(e)}", file=path) from None
     return path
 
@@ -187,21 +184,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="case-level labels: the test_case_labels.json a converter writes beside dataset.json "
                              "(test cases' labels are kept out of dataset.json), a dataset.json with "
                              "'case_labels', or a JSON {case_id: label}; enables the classification metrics")
-    parser.add_argument("--operating-class", type=int, default=0, choices=(0, 1),
+    parser.add_argument("--operating-class", type=int, default=default_of(evaluate, "operating_class"), choices=(0, 1),
                         help="binary tasks: the class whose sensitivity is reported at --target-specificity "
-                             "(default 0; for TSS 'TSS < 4.5 h')")
-    parser.add_argument("--target-specificity", type=float, default=0.9,
-                        help="pre-set specificity for the sensitivity of --operating-class (default 0.9)")
+                             "(default %(default)s; for TSS 'TSS < 4.5 h')")
+    parser.add_argument("--target-specificity", type=float, default=default_of(evaluate, "target_specificity"),
+                        help="pre-set specificity for the sensitivity of --operating-class (default %(default)s)")
     parser.add_argument("--predictions", default=None, metavar="FILE",
                         help=f"class predictions of nnunet-mgcl predict (default: PRED/{PREDICTIONS_FILE})")
-    parser.add_argument("--lesion-matching", choices=MATCHING_MODES, default="isles22",
+    parser.add_argument("--lesion-matching", choices=MATCHING_MODES, default=default_of(evaluate, "matching"),
                         help="lesion-wise F1: isles22 = any overlap detects a lesion; isles24 = one-to-one "
-                             "IoU matching (panoptica) (default isles22)")
-    parser.add_argument("--iou-threshold", type=float, default=ISLES24_IOU_THRESHOLD,
-                        help="IoU for a match under --lesion-matching isles24 (default 0.2; matched when >=)")
+                             "IoU matching (panoptica) (default %(default)s)")
+    parser.add_argument("--iou-threshold", type=float, default=default_of(evaluate, "iou_threshold"),
+                        help="IoU for a match under --lesion-matching isles24 (default %(default)s; matched when >=)")
     parser.add_argument("--label", type=int, default=None, metavar="N",
                         help="evaluate label value N only (default: every label > 0 is lesion)")
-    parser.add_argument("--file-ending", default=FILE_ENDING, help="label file ending (default .nii.gz)")
+    parser.add_argument("--file-ending", default=default_of(evaluate, "file_ending"),
+                        help="label file ending (default %(default)s)")
     parser.add_argument("-o", "--output", default=None, metavar="summary.json",
                         help=f"where to write the summary (default PRED/{SUMMARY_FILE}); the reliability "
                              "diagram goes beside it as <name>_reliability.png")

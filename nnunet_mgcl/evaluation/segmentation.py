@@ -1,7 +1,6 @@
 """Per-case segmentation metrics, ISLES-exact where ISLES defines them, and the folder-level loop.
 
-Definitions and where they come from (``shared/reference/methods_and_datasets.md`` sections 4.5 and 5,
-and the organisers' code it cites):
+Definitions and where they come from (the challenge organisers' evaluation code, named per metric):
 
 * **Dice** -- global binary Dice; both masks empty -> 1.0 (ISLES'22 ``compute_dice(empty_value=1.0)``,
   ISLES'24 ``empty_value``); reference empty and prediction not -> 0.0 (follows from the formula).
@@ -23,10 +22,10 @@ and the organisers' code it cites):
     a pair matched one-to-one when neither side is matched yet and ``IoU >= threshold`` (panoptica's
     ``score_beats_threshold`` for an increasing metric is ``>=``). TP = matched pairs,
     FP = unmatched predicted components, FN = unmatched reference components. The threshold is 0.2
-    (our notes, section 4.5, and the ISLES'24 evaluation copies that pass
-    ``NaiveThresholdMatching(matching_threshold=0.2)``); note that the ``utils/eval_utils.py`` of the
-    isles24 repository commit we inspected calls ``NaiveThresholdMatching()`` with panoptica's
-    default, 0.5 -- pass ``iou_threshold=0.5`` to reproduce that one.
+    (the ISLES'24 evaluation copies that pass ``NaiveThresholdMatching(matching_threshold=0.2)``); note
+    that the ``utils/eval_utils.py`` of the isles24 repository commit we inspected calls
+    ``NaiveThresholdMatching()`` with panoptica's default, 0.5 -- pass ``iou_threshold=0.5`` to
+    reproduce that one.
 
 * **HD95** (mm) -- *our choice*, ISLES does not score it: the MedPy ``hd95`` definition. Surface voxels
   are the mask minus its erosion by the 6-neighbourhood (voxels on the image border count as surface);
@@ -40,7 +39,7 @@ and the organisers' code it cites):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
@@ -49,8 +48,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnunet_mgcl.conventions import FILE_ENDING
 from nnunet_mgcl.errors import InputError
-from nnunet_mgcl.evaluation import CONNECTIVITY, FILE_ENDING, ISLES24_IOU_THRESHOLD, MATCHING_MODES
+from nnunet_mgcl.evaluation import CONNECTIVITY, ISLES24_IOU_THRESHOLD, MATCHING_MODES
 
 Matching = Literal["isles22", "isles24"]
 
@@ -91,11 +91,6 @@ def read_label_image(path: str | Path, case: str | None = None,
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError("label file has vector pixels; expected one label per voxel", case=case, file=path)
     return foreground(sitk.GetArrayFromImage(image), label), tuple(float(s) for s in reversed(image.GetSpacing()))
-
-
-def read_mask(path: str | Path, case: str | None = None) -> np.ndarray:
-    """A label file as a boolean foreground mask (any label > 0)."""
-    return read_label_image(path, case)[0]
 
 
 # --- voxel-wise metrics --------------------------------------------------------------------------
@@ -191,14 +186,6 @@ def count_lesions(mask: np.ndarray, connectivity: int = CONNECTIVITY) -> int:
     return connected_components(mask, connectivity)[1]
 
 
-def lesion_count_difference(reference: np.ndarray, prediction: np.ndarray,
-                            connectivity: int = CONNECTIVITY) -> int:
-    """``|#lesions(ref) - #lesions(pred)|`` (ISLES'22 ``compute_absolute_lesion_difference``, ISLES'24
-    ``instance_count_difference``)."""
-    ref, pred = _pair(reference, prediction)
-    return abs(count_lesions(ref, connectivity) - count_lesions(pred, connectivity))
-
-
 @dataclass(frozen=True)
 class LesionDetection:
     """Lesion-wise counts of one case and their F1 (``= 2TP / (2TP + FP + FN)``; 1.0 when both masks
@@ -214,9 +201,6 @@ class LesionDetection:
     def f1(self) -> float:
         denom = 2 * self.tp + self.fp + self.fn
         return 1.0 if denom == 0 else 2.0 * self.tp / denom
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {**asdict(self), "f1": self.f1}
 
 
 def lesion_detection_isles22(reference: np.ndarray, prediction: np.ndarray,
@@ -300,7 +284,8 @@ def case_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequenc
     return {
         "dice": dice(ref, pred),
         "hd95_mm": hd95(ref, pred, spacing),
-        "avd_ml": abs(int(ref.sum()) - int(pred.sum())) * voxel_volume_ml(spacing),
+        "avd_ml": absolute_volume_difference(ref, pred, spacing),
+        # ISLES'22 compute_absolute_lesion_difference, ISLES'24 instance_count_difference
         "lesion_count_difference": abs(det.n_reference - det.n_prediction),
         "lesion_f1": det.f1,
         "reference_volume_ml": v_ref,
@@ -380,17 +365,6 @@ def mean_metrics(per_case: dict[str, dict[str, float | int]],
     for key in keys:
         values = [float(m[key]) for m in per_case.values() if key in m and not math.isnan(float(m[key]))]
         out[key] = float(np.mean(values)) if values else None
-    return out
-
-
-def dice_per_case(reference_dir: str | Path, prediction_dir: str | Path,
-                  file_ending: str = FILE_ENDING) -> dict[str, float]:
-    """Foreground Dice for every reference case; a missing prediction is an error naming the case."""
-    prediction_dir = Path(prediction_dir)
-    out = {}
-    for case, ref_file in reference_cases(reference_dir, file_ending):
-        ref, pred, _ = read_case_pair(case, ref_file, prediction_dir / ref_file.name)
-        out[case] = dice(ref, pred)
     return out
 
 

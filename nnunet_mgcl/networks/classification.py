@@ -9,8 +9,8 @@ way nnU-Net predicts segmentation with a sliding window:
 
 During training a patch is one tile, so ``fuse(region_sums(...))`` is the whole forward.
 
-**MRFF** (multi-modal region-related feature fusion; DESIGN.md's reading of Sun et al. 2024, the
-details are our choices): a small convolution shared by all modalities (1 input channel ->
+**MRFF** (multi-modal region-related feature fusion; our reading of Sun et al. 2024, the details are
+our choices, see docs/methods.md): a small convolution shared by all modalities (1 input channel ->
 ``modality_features``) extracts per-modality features without mixing modalities; they and the
 (normalised) intensities themselves are pooled in three regions -- the predicted lesion (soft foreground
 probability of the segmentation output, detached so that classification does not pull on segmentation),

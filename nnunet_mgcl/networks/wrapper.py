@@ -16,7 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import nn
+
+from nnunet_mgcl.networks.strides import stage_scales
 
 
 @dataclass
@@ -54,7 +57,7 @@ class FeatureUNet(nn.Module):
     @property
     def encoder_scales(self) -> list[list[int]]:
         """Downsampling factor per axis of each encoder stage's output."""
-        return stage_scales(self.encoder.strides)
+        return stage_scales(self.encoder.strides, convert_conv_op_to_dim(self.conv_op))
 
     @property
     def decoder_scales(self) -> list[list[int]]:
@@ -77,13 +80,3 @@ class FeatureUNet(nn.Module):
             for h in hooks:
                 h.remove()
         return UNetFeatures(encoder=list(skips), decoder=captured, output=output)
-
-
-def stage_scales(strides: list) -> list[list[int]]:
-    """Per encoder stage, its downsampling factor per axis relative to the input (cumulative strides)."""
-    out, current = [], None
-    for s in strides:
-        s = list(s) if isinstance(s, (list, tuple)) else [s]
-        current = s if current is None else [a * b for a, b in zip(current, s)]
-        out.append(current)
-    return out
