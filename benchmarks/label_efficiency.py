@@ -29,8 +29,9 @@ geometry with nnU-Net's own export and scored against the raw label.
 
 **Arms** (:data:`ARMS`; one row each, a new arm is one line): ``nnU-Net``; ``A/A`` (nnU-Net, training
 seed + :data:`AA_SEED_OFFSET`: the noise floor); ``multi-task`` (our multi-task trainer from scratch);
-the pretrainings (``MGCL``, ``MGCL coarse``, ``MGCL fine``, ``MMGL init``, ``MMGL``, ``SimCLR``,
-``GLCL``), each fine-tuned at the same budget; and two positive controls, which must beat nnU-Net or
+the pretrainings (``MGCL``, ``MGCL init`` (MGCL's pretraining fine-tuned as plain nnU-Net: the
+representation without the multi-task trainer), ``MGCL coarse``, ``MGCL fine``, ``MMGL init``,
+``MMGL``, ``SimCLR``, ``GLCL``), each fine-tuned at the same budget; and two positive controls, which must beat nnU-Net or
 the phantom cannot reward what the few labels miss: ``supervised init`` (nnU-Net initialised from
 nnU-Net trained on *all* training labels, every centre) and ``pseudo-label`` (nnU-Net initialised from
 :class:`~nnunet_mgcl.trainers.pseudo_label_pretrain.nnUNetTrainerPseudoLabelPretrain`: nnU-Net's own
@@ -66,6 +67,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from nnunet_mgcl.atomic import atomic_write, atomic_write_text
 
 logger = logging.getLogger("label_efficiency")
 
@@ -130,6 +133,7 @@ ARMS = {
     "pseudo-label": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerPseudoLabelPretrain"),
     "multi-task": Arm("nnUNetTrainerMGCL", plans_suffix="NoPretraining"),
     "MGCL": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain"),
+    "MGCL init": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerMGCLPretrain"),
     "MGCL coarse": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain_coarse"),
     "MGCL fine": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain_fine"),
     "MMGL init": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerMMGLPretrain"),
@@ -165,9 +169,7 @@ def dataset_name() -> str:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def prepare(work: Path, size: Size, cohort_seed: int) -> dict:
@@ -277,11 +279,9 @@ def cache_test_cases(work: Path, plans: str) -> None:
             continue
         images = [str(raw / "imagesTs" / f"{case}_{i:04d}.nii.gz") for i in range(n_ch)]
         data, seg, props = DefaultPreprocessor(verbose=False).run_case(images, str(label), pm, cm, ds)
-        tmp = out.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            pickle.dump({"data": data.astype(np.float32), "seg": seg, "properties": props,
-                         "reference": pm.image_reader_writer_class().read_seg(str(label))[0][0]}, fh)
-        os.replace(tmp, out)
+        record = {"data": data.astype(np.float32), "seg": seg, "properties": props,
+                  "reference": pm.image_reader_writer_class().read_seg(str(label))[0][0]}
+        atomic_write(out, lambda fh, record=record: pickle.dump(record, fh))
 
 
 def load_test_cache(work: Path) -> dict[str, dict]:
@@ -354,8 +354,8 @@ def pretrain(source: str, plans: str, k: int, device: str, work: Path) -> str:
         fold = train("nnUNetTrainerPlansBudget", plans + "SupervisedSource", "all", device, PRETRAIN_SEED_OFFSET + k)
     else:
         fold = train(source, plans, "all", device, PRETRAIN_SEED_OFFSET + k)
-    shutil.copy(fold / "checkpoint_final.pth", out.with_suffix(".tmp"))
-    os.replace(out.with_suffix(".tmp"), out)
+    source_file = fold / "checkpoint_final.pth"
+    atomic_write(out, lambda fh: fh.write(source_file.read_bytes()))
     times = work / "pretrained" / "seconds.json"
     record = json.loads(times.read_text()) if times.is_file() else {}
     record[out.name] = {"seconds": round(time.perf_counter() - t0, 1), "epoch_seconds": epoch_seconds(fold)}

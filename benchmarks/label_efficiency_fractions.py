@@ -47,6 +47,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_mgcl.atomic import atomic_write_text
+
 from label_efficiency import setup_folders  # the paired protocol's; this script lies beside it
 
 logger = logging.getLogger("label_efficiency")
@@ -301,9 +303,7 @@ def main(argv=None) -> int:
                   "extended_by": [*earlier.get("extended_by", []), this]}
     result["summary"] = aggregate(result["runs"])
     out = Path(args.o)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)  # an interrupted write leaves the earlier result whole
+    atomic_write_text(out, json.dumps(result, indent=2))  # an interrupted write leaves the earlier result whole
     out.with_suffix(".md").write_text(markdown(result) + "\n")
     plot(result, out.with_suffix(".png"))
     partial.unlink(missing_ok=True)

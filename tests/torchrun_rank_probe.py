@@ -20,4 +20,5 @@ if __name__ == "__main__":
     state = {k: v.detach().cpu() for k, v in distributed.unwrap(trainer.network).state_dict().items()}
     torch.save({"state": state, "device": str(trainer.device), "batch_size": trainer.batch_size},
                os.path.join(os.environ["PROBE_OUT"], f"rank{distributed.rank()}.pt"))
+    distributed.barrier()  # as torchrun_train.main: no rank tears the group down while another still talks
     distributed.destroy_process_group()
