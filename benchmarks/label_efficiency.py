@@ -612,6 +612,8 @@ def main(argv=None) -> int:
     differ = [k for k in header if result.get(k) != header[k]]
     if differ:
         raise SystemExit(f"{out} holds another protocol (differs in {differ}); choose another -o")
+    if result.get("cases", cases) != cases:
+        raise SystemExit(f"{out} was run on another cohort (its cases differ from {work}'s); choose another -o")
     result["cases"] = cases
     done = {(r["arm"], r["point"], r["replicate"]) for r in result["runs"]}
     test = load_test_cache(work)
@@ -647,10 +649,12 @@ def main(argv=None) -> int:
                 _atomic_json(out, result)
     if args.probes:
         t0 = time.perf_counter()
-        result["probes"] = run_probes(work, result, plans, size, args.device)
+        # merged by network: a later invocation (another work folder) keeps the probes of earlier pretrainings
+        result["probes"] = {**result.get("probes", {}), **run_probes(work, result, plans, size, args.device)}
         invocation["probe_seconds"] = round(time.perf_counter() - t0, 1)
     seconds = work / "pretrained" / "seconds.json"
-    result["pretrain_seconds"] = json.loads(seconds.read_text()) if seconds.is_file() else {}
+    result["pretrain_seconds"] = {**result.get("pretrain_seconds", {}),
+                                  **(json.loads(seconds.read_text()) if seconds.is_file() else {})}
     invocation["wall_seconds"] = round(time.perf_counter() - start, 1)
     result["invocations"].append(invocation)
     result["analysis"] = analyse(result, n_boot=args.n_boot)
