@@ -30,7 +30,8 @@ geometry with nnU-Net's own export and scored against the raw label.
 **Arms** (:data:`ARMS`; one row each, a new arm is one line): ``nnU-Net``; ``A/A`` (nnU-Net, training
 seed + :data:`AA_SEED_OFFSET`: the noise floor); ``multi-task`` (our multi-task trainer from scratch);
 the pretrainings (``MGCL``, ``MGCL init`` (MGCL's pretraining fine-tuned as plain nnU-Net: the
-representation without the multi-task trainer), ``MGCL coarse``, ``MGCL fine``, ``MMGL init``,
+representation without the multi-task trainer), ``MGCL full LR`` (``MGCL`` with the transferred tensors
+at the full learning rate: the transfer recipe's ablation), ``MGCL coarse``, ``MGCL fine``, ``MMGL init``,
 ``MMGL``, ``SimCLR``, ``GLCL``), each fine-tuned at the same budget; and two positive controls, which must beat nnU-Net or
 the phantom cannot reward what the few labels miss: ``supervised init`` (nnU-Net initialised from
 nnU-Net trained on *all* training labels, every centre) and ``pseudo-label`` (nnU-Net initialised from
@@ -134,6 +135,7 @@ ARMS = {
     "multi-task": Arm("nnUNetTrainerMGCL", plans_suffix="NoPretraining"),
     "MGCL": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain"),
     "MGCL init": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerMGCLPretrain"),
+    "MGCL full LR": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain", plans_suffix="TransferFullLR"),
     "MGCL coarse": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain_coarse"),
     "MGCL fine": Arm("nnUNetTrainerMGCL", "nnUNetTrainerMGCLPretrain_fine"),
     "MMGL init": Arm("nnUNetTrainerPlansBudget", "nnUNetTrainerMMGLPretrain"),
@@ -211,11 +213,15 @@ def prepare(work: Path, size: Size, cohort_seed: int) -> dict:
         p["configurations"][CFG].setdefault("mgcl", {}).update(budget=budget, pretrain_budget=pretrain_budget)
         (pre / "nnUNetPlans.json").write_text(json.dumps(p, indent=2))
     base = json.loads((pre / f"{plans}.json").read_text())
-    for suffix, block in (("NoPretraining", None), ("SupervisedSource", pretrain_budget)):
+    # plans variants, each a copy with its own results folder: NoPretraining (so that nnUNetTrainerMGCL finds
+    # no pretraining checkpoint of its plans), SupervisedSource (the supervised control's source network,
+    # trained as long as a pretraining), TransferFullLR (the transfer ablation: transferred tensors at the
+    # full learning rate instead of mgcl.transfer.transferred_lr_scale's default)
+    for suffix, block in (("NoPretraining", {}), ("SupervisedSource", {"budget": pretrain_budget}),
+                          ("TransferFullLR", {"transfer": {"transferred_lr_scale": 1.0}})):
         variant = json.loads(json.dumps(base))
         variant["plans_name"] = plans + suffix
-        if block is not None:  # the supervised control's source: trained as long as a pretraining
-            variant["configurations"][CFG].setdefault("mgcl", {})["budget"] = block
+        variant["configurations"][CFG].setdefault("mgcl", {}).update(block)
         (pre / f"{plans}{suffix}.json").write_text(json.dumps(variant, indent=2))
     record["plans"] = plans
     record["cases"] = case_table(work)
